@@ -1,0 +1,487 @@
+//! The police-force gazetteer: names as written in answers in, one canonical force out.
+//!
+//! The 43 territorial forces of England and Wales plus British Transport Police, each with the
+//! variants seen in real answers ("Metropolitan" = "Metropolitan Police" = "MPS"). Both parsers
+//! use it to normalise table cells and to find forces mentioned in running text. A name it does
+//! not know is never guessed at: callers keep it as written and report it.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// One canonical police force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Force {
+    /// Stable identifier used in records and indexes (never changes once shipped).
+    pub id: &'static str,
+    /// The force's official name, used for display and as the canonical name in records.
+    pub name: &'static str,
+    /// Short names and variants that identify the force once normalised (see [`normalise_key`]).
+    /// The base area name (the official name minus "Police"/"Constabulary") is always included.
+    aliases: &'static [&'static str],
+    /// Abbreviations that are matched case-sensitively, as written (`MPS`, `GMP`).
+    acronyms: &'static [&'static str],
+}
+
+/// The forces, in the order the Home Office lists them in its statistical tables.
+pub const FORCES: &[Force] = &[
+    f(
+        "avon-and-somerset",
+        "Avon and Somerset Constabulary",
+        &["avon and somerset"],
+        &[],
+    ),
+    f(
+        "bedfordshire",
+        "Bedfordshire Police",
+        &["bedfordshire"],
+        &[],
+    ),
+    f(
+        "cambridgeshire",
+        "Cambridgeshire Constabulary",
+        &["cambridgeshire"],
+        &[],
+    ),
+    f("cheshire", "Cheshire Constabulary", &["cheshire"], &[]),
+    f(
+        "city-of-london",
+        "City of London Police",
+        &["city of london"],
+        &[],
+    ),
+    f("cleveland", "Cleveland Police", &["cleveland"], &[]),
+    f("cumbria", "Cumbria Constabulary", &["cumbria"], &[]),
+    f(
+        "derbyshire",
+        "Derbyshire Constabulary",
+        &["derbyshire"],
+        &[],
+    ),
+    f(
+        "devon-and-cornwall",
+        "Devon and Cornwall Police",
+        &["devon and cornwall"],
+        &[],
+    ),
+    f("dorset", "Dorset Police", &["dorset"], &[]),
+    f(
+        "durham",
+        "Durham Constabulary",
+        &["durham", "county durham"],
+        &[],
+    ),
+    f("dyfed-powys", "Dyfed-Powys Police", &["dyfed powys"], &[]),
+    f("essex", "Essex Police", &["essex"], &[]),
+    f(
+        "gloucestershire",
+        "Gloucestershire Constabulary",
+        &["gloucestershire"],
+        &[],
+    ),
+    f(
+        "greater-manchester",
+        "Greater Manchester Police",
+        &["greater manchester"],
+        &["GMP"],
+    ),
+    f("gwent", "Gwent Police", &["gwent"], &[]),
+    f(
+        "hampshire",
+        "Hampshire and Isle of Wight Constabulary",
+        &["hampshire and isle of wight", "hampshire"],
+        &[],
+    ),
+    f(
+        "hertfordshire",
+        "Hertfordshire Constabulary",
+        &["hertfordshire"],
+        &[],
+    ),
+    f("humberside", "Humberside Police", &["humberside"], &[]),
+    f("kent", "Kent Police", &["kent"], &[]),
+    f(
+        "lancashire",
+        "Lancashire Constabulary",
+        &["lancashire"],
+        &[],
+    ),
+    f(
+        "leicestershire",
+        "Leicestershire Police",
+        &["leicestershire"],
+        &[],
+    ),
+    f(
+        "lincolnshire",
+        "Lincolnshire Police",
+        &["lincolnshire"],
+        &[],
+    ),
+    f("merseyside", "Merseyside Police", &["merseyside"], &[]),
+    f(
+        "metropolitan",
+        "Metropolitan Police Service",
+        &[
+            "metropolitan",
+            "metropolitan police service",
+            "met",
+            "met police",
+        ],
+        &["MPS"],
+    ),
+    f("norfolk", "Norfolk Constabulary", &["norfolk"], &[]),
+    f("north-wales", "North Wales Police", &["north wales"], &[]),
+    f(
+        "north-yorkshire",
+        "North Yorkshire Police",
+        &["north yorkshire"],
+        &[],
+    ),
+    f(
+        "northamptonshire",
+        "Northamptonshire Police",
+        &["northamptonshire"],
+        &[],
+    ),
+    f("northumbria", "Northumbria Police", &["northumbria"], &[]),
+    f(
+        "nottinghamshire",
+        "Nottinghamshire Police",
+        &["nottinghamshire"],
+        &[],
+    ),
+    f("south-wales", "South Wales Police", &["south wales"], &[]),
+    f(
+        "south-yorkshire",
+        "South Yorkshire Police",
+        &["south yorkshire"],
+        &[],
+    ),
+    f(
+        "staffordshire",
+        "Staffordshire Police",
+        &["staffordshire"],
+        &[],
+    ),
+    f("suffolk", "Suffolk Constabulary", &["suffolk"], &[]),
+    f("surrey", "Surrey Police", &["surrey"], &[]),
+    f("sussex", "Sussex Police", &["sussex"], &[]),
+    f(
+        "thames-valley",
+        "Thames Valley Police",
+        &["thames valley"],
+        &["TVP"],
+    ),
+    f(
+        "warwickshire",
+        "Warwickshire Police",
+        &["warwickshire"],
+        &[],
+    ),
+    f("west-mercia", "West Mercia Police", &["west mercia"], &[]),
+    f(
+        "west-midlands",
+        "West Midlands Police",
+        &["west midlands"],
+        &["WMP"],
+    ),
+    f(
+        "west-yorkshire",
+        "West Yorkshire Police",
+        &["west yorkshire"],
+        &[],
+    ),
+    f("wiltshire", "Wiltshire Police", &["wiltshire"], &[]),
+    f(
+        "british-transport-police",
+        "British Transport Police",
+        &["british transport"],
+        &["BTP"],
+    ),
+];
+
+const fn f(
+    id: &'static str,
+    name: &'static str,
+    aliases: &'static [&'static str],
+    acronyms: &'static [&'static str],
+) -> Force {
+    Force {
+        id,
+        name,
+        aliases,
+        acronyms,
+    }
+}
+
+/// Words that name the kind of organisation rather than the area; stripped before lookup so that
+/// "Kent", "Kent Police" and "Kent Constabulary" are one key.
+const ORGANISATION_SUFFIXES: &[&str] = &[
+    " police service",
+    " police force",
+    " police area",
+    " force area",
+    " constabulary",
+    " police",
+];
+
+/// Reduces a force name as written to its lookup key: lower case, `&` as `and`, hyphens and runs of
+/// whitespace as one space, a leading "the" and a trailing organisation word dropped.
+pub fn normalise_key(written: &str) -> String {
+    let lowered = written.trim().to_lowercase().replace('&', " and ");
+    let spaced: String = lowered
+        .chars()
+        .map(|c| if c == '-' || c == '\u{2013}' { ' ' } else { c })
+        .collect();
+    let mut key = spaced.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some(rest) = key.strip_prefix("the ") {
+        key = rest.to_string();
+    }
+    for suffix in ORGANISATION_SUFFIXES {
+        if let Some(rest) = key.strip_suffix(suffix) {
+            if !rest.is_empty() {
+                key = rest.to_string();
+                break;
+            }
+        }
+    }
+    key
+}
+
+fn alias_index() -> &'static HashMap<String, &'static Force> {
+    static INDEX: OnceLock<HashMap<String, &'static Force>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = HashMap::new();
+        for force in FORCES {
+            index.insert(normalise_key(force.name), force);
+            for alias in force.aliases {
+                index.insert(normalise_key(alias), force);
+            }
+        }
+        index
+    })
+}
+
+/// The canonical force a name refers to, or `None` when the name is not a force we know.
+pub fn lookup(written: &str) -> Option<&'static Force> {
+    let trimmed = written.trim();
+    if let Some(force) = FORCES.iter().find(|f| f.acronyms.contains(&trimmed)) {
+        return Some(force);
+    }
+    alias_index().get(&normalise_key(trimmed)).copied()
+}
+
+/// The force with this stable id.
+pub fn by_id(id: &str) -> Option<&'static Force> {
+    FORCES.iter().find(|f| f.id == id)
+}
+
+/// Surface forms searched for in running text, longest first so that "Greater Manchester Police"
+/// wins over "Greater Manchester". Matching is case-sensitive: force names are proper nouns, and
+/// "met" or "kent" in lower case are ordinary words far more often than forces.
+fn text_patterns() -> &'static [(String, &'static Force)] {
+    static PATTERNS: OnceLock<Vec<(String, &'static Force)>> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        let mut patterns: Vec<(String, &'static Force)> = Vec::new();
+        let mut push = |form: String, force: &'static Force| {
+            if !patterns.iter().any(|(p, _)| *p == form) {
+                patterns.push((form, force));
+            }
+        };
+        for force in FORCES {
+            push(force.name.to_string(), force);
+            for acronym in force.acronyms {
+                push(acronym.to_string(), force);
+            }
+            for alias in force.aliases {
+                // "met" as a bare word is too common in English to be read as the force.
+                if *alias == "met" {
+                    continue;
+                }
+                let titled = title_case(alias);
+                for variant in spelling_variants(&titled) {
+                    push(variant.clone(), force);
+                    for suffix in [" Police", " Constabulary"] {
+                        push(format!("{variant}{suffix}"), force);
+                    }
+                }
+            }
+        }
+        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        patterns
+    })
+}
+
+fn title_case(alias: &str) -> String {
+    alias
+        .split(' ')
+        .map(|word| match word {
+            "and" | "of" => word.to_string(),
+            _ => {
+                let mut chars = word.chars();
+                match chars.next() {
+                    Some(first) => first.to_uppercase().chain(chars).collect(),
+                    None => String::new(),
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "Avon and Somerset" is also written "Avon & Somerset"; "Dyfed Powys" also "Dyfed-Powys".
+fn spelling_variants(titled: &str) -> Vec<String> {
+    let mut variants = vec![titled.to_string()];
+    if titled.contains(" and ") {
+        variants.push(titled.replace(" and ", " & "));
+    }
+    if titled == "Dyfed Powys" {
+        variants.push("Dyfed-Powys".to_string());
+    }
+    variants
+}
+
+/// A force found in running text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextMention {
+    pub force: &'static Force,
+    /// Byte offset of the mention in the text searched.
+    pub offset: usize,
+    /// The words as written.
+    pub written: String,
+}
+
+/// Every force mentioned in `text`, in order of appearance, without overlaps (the longest form
+/// at a position wins). Only whole words match: "Kent" is not found in "Kentish".
+pub fn mentions_in(text: &str) -> Vec<TextMention> {
+    let mut found = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_word_start = i == 0 || !is_word_byte(bytes[i - 1]);
+        if at_word_start && bytes[i].is_ascii_uppercase() {
+            let rest = &text[i..];
+            if let Some((form, force)) = text_patterns().iter().find(|(form, _)| {
+                rest.starts_with(form.as_str())
+                    && rest
+                        .as_bytes()
+                        .get(form.len())
+                        .is_none_or(|b| !is_word_byte(*b))
+            }) {
+                found.push(TextMention {
+                    force,
+                    offset: i,
+                    written: form.clone(),
+                });
+                i += form.len();
+                continue;
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b >= 0x80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_are_forty_four_forces_with_unique_ids() {
+        assert_eq!(FORCES.len(), 44);
+        let mut ids: Vec<_> = FORCES.iter().map(|f| f.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 44);
+    }
+
+    #[test]
+    fn variants_seen_in_answers_resolve_to_one_force() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "Metropolitan",
+                    "Metropolitan Police",
+                    "MPS",
+                    "Metropolitan Police Service",
+                ],
+                "metropolitan",
+            ),
+            (&["Hampshire", "Hampshire and Isle of Wight"], "hampshire"),
+            (
+                &["City of London", "City of London Police"],
+                "city-of-london",
+            ),
+            (
+                &["Avon & Somerset", "Avon and Somerset"],
+                "avon-and-somerset",
+            ),
+            (
+                &["Dyfed-Powys", "Dyfed Powys", "Dyfed-Powys Police"],
+                "dyfed-powys",
+            ),
+            (
+                &["Devon & Cornwall", "Devon and Cornwall Police"],
+                "devon-and-cornwall",
+            ),
+            (
+                &["Greater Manchester Police", "Greater Manchester", "GMP"],
+                "greater-manchester",
+            ),
+            (
+                &["British Transport Police", "BTP"],
+                "british-transport-police",
+            ),
+            (&["Durham", "Durham Constabulary"], "durham"),
+            (&["  north   wales  "], "north-wales"),
+        ];
+        for (variants, id) in cases {
+            for variant in *variants {
+                assert_eq!(
+                    lookup(variant).map(|f| f.id),
+                    Some(*id),
+                    "variant {variant:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn non_forces_are_not_guessed() {
+        for name in [
+            "Total England and Wales",
+            "44 Police Force Areas Total",
+            "Police Scotland",
+            "Wales",
+            "",
+            "mps",
+        ] {
+            assert_eq!(lookup(name).map(|f| f.id), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn mentions_prefer_the_longest_form_and_respect_word_boundaries() {
+        let text = "taskforces in (MPS, Merseyside, West Midlands and Greater Manchester Police) as well as the British Transport Police. Kentish towns. England and Wales.";
+        let ids: Vec<_> = mentions_in(text).iter().map(|m| m.force.id).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "metropolitan",
+                "merseyside",
+                "west-midlands",
+                "greater-manchester",
+                "british-transport-police"
+            ]
+        );
+        let gm = mentions_in(text)
+            .into_iter()
+            .find(|m| m.force.id == "greater-manchester")
+            .map(|m| m.written);
+        assert_eq!(gm.as_deref(), Some("Greater Manchester Police"));
+    }
+}

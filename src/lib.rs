@@ -1,0 +1,17 @@
+//! answerfeed: watches the UK Parliament's written questions and answers and keeps an exact,
+//! replayable history of them.
+//!
+//! Data flows one way: sources (`ingest` for files) -> `parse` -> `log`. The log is the only
+//! source of truth; see ARCHITECTURE.md for the codemap and the invariants.
+
+pub mod commands;
+pub mod config;
+pub mod event;
+pub mod forces;
+pub mod ingest;
+pub mod log;
+pub mod parse;
+pub mod record;
+
+/// The sample dump bundled with the binary for `answerfeed demo` (public parliamentary data).
+pub const BUNDLED_SAMPLE: &[u8] = include_bytes!("../tests/fixtures/written-answers-sample.txt");

@@ -1,0 +1,547 @@
+//! The event log: observations in, durable numbered events out. The only source of truth.
+//!
+//! Stored in one sled tree so that an append (events and the indexes that make it idempotent) is
+//! one atomic `apply_batch`, flushed to disk before `append` returns. Keys:
+//!
+//! | key                                  | value                              |
+//! |--------------------------------------|------------------------------------|
+//! | `E` seq (u64 big-endian)             | `1` crc32 (BE) event JSON          |
+//! | `I` question-key `\0` content-hash   | seq of the event that first had it |
+//! | `H` question-key                     | seq (BE) and hash of the latest    |
+//!
+//! Events are never rewritten or deleted. Idempotency and revision detection are point lookups
+//! in the `I` and `H` indexes, never scans, so an append costs the same with ten events in the log
+//! or ten million. One process at a time may open a data dir: a lock file says who has it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::event::{Envelope, Event, Observation, Payload, QuestionKey, SCHEMA_VERSION};
+
+const EVENT_PREFIX: u8 = b'E';
+const IDENTITY_PREFIX: u8 = b'I';
+const HEAD_PREFIX: u8 = b'H';
+/// First byte of every stored event value; a different framing would get a different byte.
+const FRAME_V1: u8 = 1;
+const TREE: &str = "log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("data dir {dir} is in use by another answerfeed process{holder} (only one process may open it at a time)")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("cannot use data dir {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the log in {dir}: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("log storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("event {seq} is corrupt: {problem}")]
+    Corrupt { seq: u64, problem: String },
+    #[error("cannot encode event {seq}: {source}")]
+    Encode {
+        seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The outcome of appending one observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A new event, with its sequence number and kind.
+    New { seq: u64, kind: &'static str },
+    /// Already in the log (same question, same content): nothing appended.
+    Known { seq: u64 },
+}
+
+/// What one `append` did, observation by observation, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendReport {
+    pub outcomes: Vec<Appended>,
+}
+
+impl AppendReport {
+    pub fn appended(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::New { .. }))
+            .count()
+    }
+
+    pub fn known(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::Known { .. }))
+            .count()
+    }
+
+    pub fn appended_of_kind(&self, kind: &str) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::New { kind: k, .. } if *k == kind))
+            .count()
+    }
+}
+
+/// The latest content of one question, from the `H` index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuestionHead {
+    pub question: QuestionKey,
+    pub seq: u64,
+    pub content_hash: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events checked and found good, in order, before the first bad one.
+    pub good: u64,
+    pub first_bad: Option<BadRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// The sequence number of the bad record (or the one expected where there is a gap).
+    pub seq: u64,
+    pub problem: String,
+}
+
+/// Tuning that does not change what is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        // sled's default is 1 GiB; a daemon that should sit in tens of MB wants far less.
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct EventLog {
+    dir: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Held for the life of the log: the OS releases it if the process dies.
+    _lock: File,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("dir", &self.dir).finish()
+    }
+}
+
+impl EventLog {
+    /// Opens (creating if needed) the log in `dir`. Fails at once, without waiting, if another
+    /// process has the data dir open.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<EventLog, LogError> {
+        let io_err = |source| LogError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = take_lock(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(|source| LogError::Open {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        let tree = db.open_tree(TREE)?;
+        Ok(EventLog {
+            dir: dir.to_path_buf(),
+            db,
+            tree,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The underlying database, for stages that keep their own trees beside the log (projections).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The sequence number of the last event, 0 for an empty log.
+    pub fn head(&self) -> Result<u64, LogError> {
+        let range = event_key(0)..=event_key(u64::MAX);
+        match self.tree.range(range).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, _) = entry?;
+                decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                    seq: 0,
+                    problem: format!("malformed event key {key:?}"),
+                })
+            }
+        }
+    }
+
+    /// Appends the observations that are not already in the log, atomically, and returns only
+    /// once they are on disk. `recorded_at` is the RFC 3339 time written into the new envelopes.
+    pub fn append(
+        &mut self,
+        observations: Vec<Observation>,
+        recorded_at: &str,
+    ) -> Result<AppendReport, LogError> {
+        let mut next = self.head()? + 1;
+        let mut batch = sled::Batch::default();
+        let mut report = AppendReport::default();
+        // Identities and heads written earlier in this same batch, not yet visible in the tree.
+        let mut pending_identities: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut pending_heads: HashMap<QuestionKey, (u64, String)> = HashMap::new();
+
+        for observation in observations {
+            let (question, hash) = observation.identity();
+            let identity = identity_key(&question, &hash);
+            if let Some(seq) = pending_identities.get(&identity) {
+                report.outcomes.push(Appended::Known { seq: *seq });
+                continue;
+            }
+            if let Some(value) = self.tree.get(&identity)? {
+                report.outcomes.push(Appended::Known {
+                    seq: decode_u64(&value).unwrap_or(0),
+                });
+                continue;
+            }
+            let seq = next;
+            let event = match observation.payload {
+                Payload::Answer(record) => {
+                    let previous = match pending_heads.get(&question) {
+                        Some(head) => Some(head.clone()),
+                        None => self
+                            .question_head(&question)?
+                            .map(|h| (h.seq, h.content_hash)),
+                    };
+                    pending_heads.insert(question.clone(), (seq, hash.clone()));
+                    batch.insert(head_key(&question), encode_head(seq, &hash));
+                    match previous {
+                        None => Event::AnswerObserved {
+                            question: question.clone(),
+                            record,
+                        },
+                        Some((previous_seq, previous_hash)) => Event::AnswerRevised {
+                            question: question.clone(),
+                            previous_hash,
+                            previous_seq,
+                            record,
+                        },
+                    }
+                }
+                Payload::Unparseable { reason, raw } => quarantined(reason, raw),
+            };
+            let kind = event.kind();
+            let envelope = Envelope {
+                schema: SCHEMA_VERSION,
+                seq,
+                recorded_at: recorded_at.to_string(),
+                source: observation.source,
+                content_hash: hash,
+                event,
+            };
+            batch.insert(event_key(seq).to_vec(), encode_envelope(&envelope)?);
+            batch.insert(identity.clone(), seq.to_be_bytes().to_vec());
+            pending_identities.insert(identity, seq);
+            report.outcomes.push(Appended::New { seq, kind });
+            next += 1;
+        }
+
+        if report.appended() > 0 {
+            self.tree.apply_batch(batch)?;
+            // Nothing is reported as appended until it is on disk (sled otherwise syncs every 500 ms).
+            self.db.flush()?;
+        }
+        tracing::debug!(
+            appended = report.appended(),
+            known = report.known(),
+            head = next - 1,
+            "log append"
+        );
+        Ok(report)
+    }
+
+    /// The event with this sequence number.
+    pub fn get(&self, seq: u64) -> Result<Option<Envelope>, LogError> {
+        match self.tree.get(event_key(seq))? {
+            None => Ok(None),
+            Some(value) => decode_envelope(seq, &value).map(Some),
+        }
+    }
+
+    /// Events from `from` (inclusive) on, in order, read lazily from disk.
+    pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Envelope, LogError>> {
+        self.tree
+            .range(event_key(from)..=event_key(u64::MAX))
+            .map(|entry| {
+                let (key, value) = entry?;
+                let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                    seq: 0,
+                    problem: format!("malformed event key {key:?}"),
+                })?;
+                decode_envelope(seq, &value)
+            })
+    }
+
+    /// The latest content recorded for a question.
+    pub fn question_head(&self, question: &QuestionKey) -> Result<Option<QuestionHead>, LogError> {
+        match self.tree.get(head_key(question))? {
+            None => Ok(None),
+            Some(value) => decode_head(question.clone(), &value).map(Some),
+        }
+    }
+
+    /// Every question's latest content, in question-key order, read lazily from the index.
+    pub fn question_heads(&self) -> impl Iterator<Item = Result<QuestionHead, LogError>> {
+        self.tree.scan_prefix([HEAD_PREFIX]).map(|entry| {
+            let (key, value) = entry?;
+            let question = String::from_utf8(key[1..].to_vec()).map_err(|_| LogError::Corrupt {
+                seq: 0,
+                problem: "question index key is not UTF-8".to_string(),
+            })?;
+            decode_head(QuestionKey(question), &value)
+        })
+    }
+
+    /// Walks the whole log in order: every event must decode, match its checksum, carry its own
+    /// sequence number, follow its predecessor without a gap, and be findable through the
+    /// idempotency index. Stops at the first bad record.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        let mut expected = 1u64;
+        let bad = |seq, problem: String| {
+            Ok(VerifyReport {
+                good: seq - 1,
+                first_bad: Some(BadRecord { seq, problem }),
+            })
+        };
+        for entry in self.tree.range(event_key(0)..=event_key(u64::MAX)) {
+            let (key, value) = entry?;
+            let Some(seq) = decode_event_key(&key) else {
+                return bad(expected, format!("malformed event key {key:?}"));
+            };
+            if seq != expected {
+                return bad(
+                    expected,
+                    format!(
+                        "missing: the log jumps from event {} to {seq}",
+                        expected - 1
+                    ),
+                );
+            }
+            let envelope = match decode_envelope(seq, &value) {
+                Ok(envelope) => envelope,
+                Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
+                Err(other) => return Err(other),
+            };
+            let question = envelope
+                .event
+                .question()
+                .cloned()
+                .unwrap_or_else(|| QuestionKey("quarantine".to_string()));
+            let indexed = self
+                .tree
+                .get(identity_key(&question, &envelope.content_hash))?
+                .and_then(|v| decode_u64(&v));
+            if indexed != Some(seq) {
+                return bad(
+                    seq,
+                    format!(
+                        "the idempotency index does not point at this event (points at {indexed:?})"
+                    ),
+                );
+            }
+            expected += 1;
+        }
+        Ok(VerifyReport {
+            good: expected - 1,
+            first_bad: None,
+        })
+    }
+
+    /// Writes everything to disk now (appends already do; this is for clean shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Raw access to the stored bytes of an event, for tests that simulate corruption.
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+fn quarantined(reason: String, raw: Vec<u8>) -> Event {
+    let (raw_text, raw_base64) = match String::from_utf8(raw) {
+        Ok(text) => (text, None),
+        Err(e) => {
+            use base64::Engine;
+            let bytes = e.into_bytes();
+            (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+            )
+        }
+    };
+    Event::RecordQuarantined {
+        reason,
+        raw: raw_text,
+        raw_base64,
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join("answerfeed.lock");
+    let io_err = |source| LogError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(LogError::Locked {
+                dir: dir.to_path_buf(),
+                holder: if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    // The pid is only a hint for the error message above; the lock itself is what protects.
+    file.set_len(0).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    write!(file, "{}", std::process::id()).map_err(io_err)?;
+    Ok(file)
+}
+
+fn event_key(seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = EVENT_PREFIX;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_event_key(key: &[u8]) -> Option<u64> {
+    if key.len() != 9 || key[0] != EVENT_PREFIX {
+        return None;
+    }
+    decode_u64(&key[1..])
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn identity_key(question: &QuestionKey, hash: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + question.0.len() + hash.len());
+    key.push(IDENTITY_PREFIX);
+    key.extend_from_slice(question.0.as_bytes());
+    key.push(0);
+    key.extend_from_slice(hash.as_bytes());
+    key
+}
+
+fn head_key(question: &QuestionKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + question.0.len());
+    key.push(HEAD_PREFIX);
+    key.extend_from_slice(question.0.as_bytes());
+    key
+}
+
+fn encode_head(seq: u64, hash: &str) -> Vec<u8> {
+    let mut value = seq.to_be_bytes().to_vec();
+    value.extend_from_slice(hash.as_bytes());
+    value
+}
+
+fn decode_head(question: QuestionKey, value: &[u8]) -> Result<QuestionHead, LogError> {
+    let corrupt = || LogError::Corrupt {
+        seq: 0,
+        problem: format!("question index entry for {question} is malformed"),
+    };
+    let seq = decode_u64(value).ok_or_else(corrupt)?;
+    let content_hash = String::from_utf8(value[8..].to_vec()).map_err(|_| corrupt())?;
+    Ok(QuestionHead {
+        question,
+        seq,
+        content_hash,
+    })
+}
+
+fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, LogError> {
+    let json = serde_json::to_vec(envelope).map_err(|source| LogError::Encode {
+        seq: envelope.seq,
+        source,
+    })?;
+    let mut value = Vec::with_capacity(5 + json.len());
+    value.push(FRAME_V1);
+    value.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
+    value.extend_from_slice(&json);
+    Ok(value)
+}
+
+/// Checks the frame and checksum of a stored event and decodes it.
+pub fn decode_envelope(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
+    let corrupt = |problem: String| LogError::Corrupt { seq, problem };
+    if value.len() < 5 {
+        return Err(corrupt(format!(
+            "stored value is {} bytes long",
+            value.len()
+        )));
+    }
+    if value[0] != FRAME_V1 {
+        return Err(corrupt(format!("unknown frame version {}", value[0])));
+    }
+    let stored_crc = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+    let json = &value[5..];
+    let actual_crc = crc32fast::hash(json);
+    if stored_crc != actual_crc {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored_crc:08x}, computed {actual_crc:08x})"
+        )));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(json).map_err(|e| corrupt(format!("does not decode: {e}")))?;
+    if envelope.seq != seq {
+        return Err(corrupt(format!(
+            "stored under {seq} but says it is event {}",
+            envelope.seq
+        )));
+    }
+    Ok(envelope)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+use super::*;
+use crate::event::Source;
+use crate::record::{AnswerBody, AnswerRecord, AnsweringMember, AskingMember, Block};
+
+fn record(question: &str, answer: &str) -> AnswerRecord {
+    AnswerRecord {
+        api_id: None,
+        house: None,
+        asking_member: AskingMember {
+            name: "A Member".into(),
+            party: Some("Party".into()),
+            constituency: Some("Somewhere".into()),
+            peerage: None,
+        },
+        answering_body: "Home Office".into(),
+        question_text: question.into(),
+        answering_member: AnsweringMember {
+            name: "A Minister".into(),
+            title: None,
+        },
+        answer: AnswerBody {
+            blocks: vec![Block::Paragraph {
+                text: answer.into(),
+            }],
+        },
+        forces: vec![],
+        unknown_forces: vec![],
+        feed_position: None,
+    }
+}
+
+fn answer(question: &str, text: &str) -> Observation {
+    Observation {
+        source: Source {
+            uri: "test".into(),
+            position: Some(0),
+            line: None,
+        },
+        payload: Payload::Answer(Box::new(record(question, text))),
+    }
+}
+
+fn broken(raw: &[u8]) -> Observation {
+    Observation {
+        source: Source {
+            uri: "test".into(),
+            position: Some(1),
+            line: Some(7),
+        },
+        payload: Payload::Unparseable {
+            reason: "no 'Answered by' line".into(),
+            raw: raw.to_vec(),
+        },
+    }
+}
+
+const NOW: &str = "2026-11-29T00:00:00.000Z";
+
+fn open(dir: &Path) -> EventLog {
+    EventLog::open(dir, StoreOptions::default()).unwrap()
+}
+
+#[test]
+fn empty_log_has_head_zero_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.head().unwrap(), 0);
+    assert_eq!(log.events_from(1).count(), 0);
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 0);
+    assert_eq!(report.first_bad, None);
+}
+
+#[test]
+fn appending_the_same_observations_twice_appends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let batch = || vec![answer("Q1", "A1"), answer("Q2", "A2"), broken(b"junk")];
+    let first = log.append(batch(), NOW).unwrap();
+    assert_eq!(
+        first.outcomes,
+        vec![
+            Appended::New {
+                seq: 1,
+                kind: "answer_observed"
+            },
+            Appended::New {
+                seq: 2,
+                kind: "answer_observed"
+            },
+            Appended::New {
+                seq: 3,
+                kind: "record_quarantined"
+            },
+        ]
+    );
+    let second = log.append(batch(), NOW).unwrap();
+    assert_eq!(
+        second.outcomes,
+        vec![
+            Appended::Known { seq: 1 },
+            Appended::Known { seq: 2 },
+            Appended::Known { seq: 3 }
+        ]
+    );
+    assert_eq!(log.head().unwrap(), 3);
+}
+
+#[test]
+fn whitespace_only_changes_are_not_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "The answer.")], NOW).unwrap();
+    let again = log
+        .append(vec![answer("Q1", "  The   answer. ")], NOW)
+        .unwrap();
+    assert_eq!(again.outcomes, vec![Appended::Known { seq: 1 }]);
+}
+
+#[test]
+fn a_changed_answer_appends_exactly_one_revision_pointing_at_the_previous() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "Old answer.")], NOW).unwrap();
+    let report = log
+        .append(
+            vec![answer("Q1", "New answer."), answer("Q1", "New answer.")],
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![
+            Appended::New {
+                seq: 2,
+                kind: "answer_revised"
+            },
+            Appended::Known { seq: 2 }
+        ]
+    );
+    let first = log.get(1).unwrap().unwrap();
+    let revision = log.get(2).unwrap().unwrap();
+    match &revision.event {
+        Event::AnswerRevised {
+            question,
+            previous_hash,
+            previous_seq,
+            record,
+        } => {
+            assert_eq!(Some(question), first.event.question());
+            assert_eq!(previous_hash, &first.content_hash);
+            assert_eq!(*previous_seq, 1);
+            assert_eq!(record.answer.plain_text(), "New answer.");
+        }
+        other => panic!("expected a revision, got {other:?}"),
+    }
+    let head = log.question_head(question_of(&first)).unwrap().unwrap();
+    assert_eq!(head.seq, 2);
+    assert_eq!(head.content_hash, revision.content_hash);
+    // Going back to the old text is content already in the log: nothing appended.
+    let back = log.append(vec![answer("Q1", "Old answer.")], NOW).unwrap();
+    assert_eq!(back.outcomes, vec![Appended::Known { seq: 1 }]);
+}
+
+fn question_of(e: &Envelope) -> &QuestionKey {
+    e.event.question().unwrap()
+}
+
+#[test]
+fn revisions_within_one_batch_chain_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let report = log
+        .append(
+            vec![answer("Q1", "v1"), answer("Q1", "v2"), answer("Q1", "v3")],
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(report.appended(), 3);
+    assert_eq!(report.appended_of_kind("answer_revised"), 2);
+    match log.get(3).unwrap().unwrap().event {
+        Event::AnswerRevised { previous_seq, .. } => assert_eq!(previous_seq, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.question_heads().count(), 1);
+    assert!(log.verify().unwrap().first_bad.is_none());
+}
+
+#[test]
+fn events_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open(dir.path());
+        log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+            .unwrap();
+    }
+    let mut log = open(dir.path());
+    assert_eq!(log.head().unwrap(), 2);
+    let seqs: Vec<u64> = log.events_from(1).map(|e| e.unwrap().seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    let report = log
+        .append(vec![answer("Q2", "A2"), answer("Q3", "A3")], NOW)
+        .unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![
+            Appended::Known { seq: 2 },
+            Appended::New {
+                seq: 3,
+                kind: "answer_observed"
+            }
+        ]
+    );
+    let from_two: Vec<u64> = log.events_from(2).map(|e| e.unwrap().seq).collect();
+    assert_eq!(from_two, vec![2, 3]);
+}
+
+#[test]
+fn a_second_open_of_the_same_dir_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = open(dir.path());
+    let err = EventLog::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Locked { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("in use by another answerfeed process"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&std::process::id().to_string()),
+        "{message}"
+    );
+}
+
+#[test]
+fn quarantined_bytes_that_are_not_utf8_are_kept_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let raw = b"Asked by: X\n\xff\xfe bad bytes\n".to_vec();
+    log.append(vec![broken(&raw)], NOW).unwrap();
+    match log.get(1).unwrap().unwrap().event {
+        Event::RecordQuarantined {
+            raw: text,
+            raw_base64: Some(encoded),
+            reason,
+        } => {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            assert_eq!(decoded, raw);
+            assert!(text.contains("bad bytes"));
+            assert_eq!(reason, "no 'Answered by' line");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn verify_names_an_event_altered_behind_the_logs_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(
+        vec![answer("Q1", "A1"), answer("Q2", "A2"), answer("Q3", "A3")],
+        NOW,
+    )
+    .unwrap();
+    let key = event_key(2);
+    let mut value = log.raw_tree().get(key).unwrap().unwrap().to_vec();
+    let at = value.len() - 10;
+    value[at] ^= 0x01;
+    log.raw_tree().insert(key, value).unwrap();
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 1);
+    let bad = report.first_bad.unwrap();
+    assert_eq!(bad.seq, 2);
+    assert!(bad.problem.contains("checksum"), "{}", bad.problem);
+    // Reading the bad event is an error naming it, not a panic or silent garbage.
+    let err = log.get(2).unwrap_err().to_string();
+    assert!(err.starts_with("event 2 is corrupt"), "{err}");
+}
+
+#[test]
+fn verify_finds_a_gap_and_a_misplaced_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(
+        vec![answer("Q1", "A1"), answer("Q2", "A2"), answer("Q3", "A3")],
+        NOW,
+    )
+    .unwrap();
+    let moved = log.raw_tree().remove(event_key(2)).unwrap().unwrap();
+    let report = log.verify().unwrap();
+    assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(2));
+    assert!(report.first_bad.unwrap().problem.contains("missing"));
+    // Put event 2's bytes under key 2 of another log position: it says it is event 2.
+    log.raw_tree().insert(event_key(2), moved.clone()).unwrap();
+    log.raw_tree().insert(event_key(3), moved).unwrap();
+    let report = log.verify().unwrap();
+    let bad = report.first_bad.unwrap();
+    assert_eq!(bad.seq, 3);
+    assert!(
+        bad.problem.contains("says it is event 2"),
+        "{}",
+        bad.problem
+    );
+}
+
+#[test]
+fn verify_finds_an_event_the_index_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+    let envelope = log.get(1).unwrap().unwrap();
+    let question = envelope.event.question().unwrap().clone();
+    log.raw_tree()
+        .remove(identity_key(&question, &envelope.content_hash))
+        .unwrap();
+    let bad = log.verify().unwrap().first_bad.unwrap();
+    assert_eq!(bad.seq, 1);
+    assert!(bad.problem.contains("index"), "{}", bad.problem);
+}
+
+#[test]
+fn an_append_with_nothing_new_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+    let before = log.raw_tree().len();
+    let report = log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+    assert_eq!(report.appended(), 0);
+    assert_eq!(log.raw_tree().len(), before);
+}

@@ -1,0 +1,316 @@
+//! The typed answer record: what the parsers produce and what observation events carry.
+//!
+//! Nothing here does I/O. The record is plain serde data; fields added later must be optional
+//! (`#[serde(default)]`) so that every event ever stored stays readable.
+
+use serde::{Deserialize, Serialize};
+
+/// The member who asked the question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AskingMember {
+    pub name: String,
+    /// Party as printed ("Green Party", "Conservative", "Bishops", "Non-affiliated").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party: Option<String>,
+    /// Commons constituency ("Waveney Valley"), for MPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constituency: Option<String>,
+    /// Kind of peerage ("Life peer", "Bishops"), for members of the Lords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peerage: Option<String>,
+}
+
+/// The member who answered, with their ministerial title when the source gives one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnsweringMember {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Which House the question was asked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum House {
+    Commons,
+    Lords,
+}
+
+/// Where a record sits in a feed that carries no dates. The Parliament site lists newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedOrder {
+    NewestFirst,
+    OldestFirst,
+}
+
+/// A record's place in the feed it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPosition {
+    /// 0-based index of the record in its file, as written.
+    pub index: u32,
+    /// How many records the file held (parsed and quarantined alike).
+    pub of: u32,
+    pub order: FeedOrder,
+}
+
+impl FeedPosition {
+    /// 0 for the oldest record of the feed, rising towards the newest.
+    pub fn chronological_rank(&self) -> u32 {
+        match self.order {
+            FeedOrder::OldestFirst => self.index,
+            FeedOrder::NewestFirst => self.of.saturating_sub(1).saturating_sub(self.index),
+        }
+    }
+}
+
+/// A question with its answer, as one source showed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    /// The Parliament API's question id, when the record came from the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub house: Option<House>,
+    pub asking_member: AskingMember,
+    /// "Home Office", "Attorney General", ...
+    pub answering_body: String,
+    pub question_text: String,
+    pub answering_member: AnsweringMember,
+    pub answer: AnswerBody,
+    /// Police forces the answer names, canonical, without repeats, in order of first mention.
+    #[serde(default)]
+    pub forces: Vec<ForceRef>,
+    /// Names that stood where a force was expected (a table's force column) but are not a force
+    /// we know. Kept as written so nobody loses them; reported by `ingest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_forces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_position: Option<FeedPosition>,
+}
+
+/// A canonical force as stored in a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForceRef {
+    pub id: String,
+    pub name: String,
+}
+
+impl From<&crate::forces::Force> for ForceRef {
+    fn from(force: &crate::forces::Force) -> Self {
+        ForceRef {
+            id: force.id.to_string(),
+            name: force.name.to_string(),
+        }
+    }
+}
+
+/// The answer, as paragraphs and tables in the order they were written.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AnswerBody {
+    pub blocks: Vec<Block>,
+}
+
+impl AnswerBody {
+    /// The answer as plain text: paragraphs separated by blank lines, tables as `|` rows.
+    pub fn plain_text(&self) -> String {
+        let mut parts = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            match block {
+                Block::Paragraph { text } => parts.push(text.clone()),
+                Block::Table(table) => parts.push(table.to_pipe_text()),
+            }
+        }
+        parts.join("\n\n")
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.blocks.iter().filter_map(|b| match b {
+            Block::Table(t) => Some(t),
+            Block::Paragraph { .. } => None,
+        })
+    }
+
+    pub fn paragraphs(&self) -> impl Iterator<Item = &str> {
+        self.blocks.iter().filter_map(|b| match b {
+            Block::Paragraph { text } => Some(text.as_str()),
+            Block::Table(_) => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Paragraph { text: String },
+    Table(Table),
+}
+
+/// A table from an answer. Rows hold data only: titles, decorative lines and notes are kept apart.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Table {
+    /// A caption written as a row of its own above the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Column names; an empty string where the source left the column unnamed.
+    pub header: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Lines below the data that are not rows ("Data Source: ...").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The column whose cells name police forces, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_column: Option<usize>,
+}
+
+impl Table {
+    fn to_pipe_text(&self) -> String {
+        let mut lines = Vec::new();
+        if let Some(title) = &self.title {
+            lines.push(title.clone());
+        }
+        lines.push(self.header.join(" | "));
+        for row in &self.rows {
+            let cells: Vec<String> = row.cells.iter().map(Cell::to_text).collect();
+            lines.push(cells.join(" | "));
+        }
+        lines.extend(self.notes.iter().cloned());
+        lines.join("\n")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub cells: Vec<Cell>,
+    /// A total or subtotal row ("Total England and Wales", "44 Police Force Areas Total").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub total: bool,
+    /// The canonical force this row is about, when the table has a force column and the cell
+    /// names a force we know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<ForceRef>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A typed table cell. `8,281` is the integer 8281; `2021/22` stays text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cell {
+    Empty,
+    Int(i64),
+    Decimal(f64),
+    Text(String),
+}
+
+impl Cell {
+    /// Types a cell as written: thousands separators are accepted only in their proper places.
+    pub fn parse(written: &str) -> Cell {
+        let s = written.trim();
+        if s.is_empty() {
+            return Cell::Empty;
+        }
+        if let Some(n) = parse_grouped_int(s) {
+            return Cell::Int(n);
+        }
+        if let Some(d) = parse_decimal(s) {
+            return Cell::Decimal(d);
+        }
+        Cell::Text(s.to_string())
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Cell::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Cell::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        match self {
+            Cell::Empty => String::new(),
+            Cell::Int(n) => n.to_string(),
+            Cell::Decimal(d) => d.to_string(),
+            Cell::Text(s) => s.clone(),
+        }
+    }
+}
+
+fn parse_grouped_int(s: &str) -> Option<i64> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    if digits.contains(',') {
+        let groups: Vec<&str> = digits.split(',').collect();
+        let first_ok = (1..=3).contains(&groups[0].len());
+        let rest_ok = groups[1..].iter().all(|g| g.len() == 3);
+        let all_digits = groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_digit()));
+        if !(first_ok && rest_ok && all_digits) {
+            return None;
+        }
+    } else if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = digits.replace(',', "").parse().ok()?;
+    Some(if negative { -n } else { n })
+}
+
+fn parse_decimal(s: &str) -> Option<f64> {
+    let (int_part, frac) = s.split_once('.')?;
+    if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole = parse_grouped_int(int_part)?;
+    let value: f64 = format!("{whole}.{frac}").parse().ok()?;
+    value.is_finite().then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_typed() {
+        assert_eq!(Cell::parse(" 8,281 "), Cell::Int(8281));
+        assert_eq!(Cell::parse("63,999"), Cell::Int(63999));
+        assert_eq!(Cell::parse("1"), Cell::Int(1));
+        assert_eq!(Cell::parse("-12"), Cell::Int(-12));
+        assert_eq!(Cell::parse("12.5"), Cell::Decimal(12.5));
+        assert_eq!(Cell::parse("2021/22"), Cell::Text("2021/22".into()));
+        assert_eq!(Cell::parse("1,23"), Cell::Text("1,23".into()));
+        assert_eq!(Cell::parse(""), Cell::Empty);
+        assert_eq!(Cell::parse("-"), Cell::Text("-".into()));
+        assert_eq!(
+            Cell::parse("99999999999999999999999"),
+            Cell::Text("99999999999999999999999".into())
+        );
+    }
+
+    #[test]
+    fn chronological_rank_follows_feed_order() {
+        let newest_first = FeedPosition {
+            index: 0,
+            of: 10,
+            order: FeedOrder::NewestFirst,
+        };
+        assert_eq!(newest_first.chronological_rank(), 9);
+        let oldest_first = FeedPosition {
+            order: FeedOrder::OldestFirst,
+            ..newest_first
+        };
+        assert_eq!(oldest_first.chronological_rank(), 0);
+    }
+}
