@@ -122,20 +122,13 @@ pub fn events(
 }
 
 fn event_line(e: &Envelope) -> String {
-    let what = match &e.event {
-        Event::AnswerObserved { question, record } => {
-            format!("{question}  {}", record_line(record))
-        }
-        Event::AnswerRevised {
-            question,
-            previous_seq,
-            record,
-            ..
-        } => format!(
-            "{question}  revises #{previous_seq}  {}",
-            record_line(record)
-        ),
-        Event::RecordQuarantined { reason, .. } => reason.clone(),
+    let what = match (&e.event, e.event.question(), e.event.record()) {
+        (Event::RecordQuarantined { reason, .. }, _, _) => reason.clone(),
+        (event, Some(question), Some(record)) => match event.previous_seq() {
+            Some(previous) => format!("{question}  after #{previous}  {}", record_line(record)),
+            None => format!("{question}  {}", record_line(record)),
+        },
+        (event, _, _) => event.kind().to_string(),
     };
     let place = match (e.source.position, e.source.line) {
         (_, Some(line)) => format!("{}:{line}", e.source.uri),
@@ -207,10 +200,9 @@ fn write_question(
     .into_iter()
     .flatten()
     .collect();
-    let revised = if matches!(envelope.event, Event::AnswerRevised { .. }) {
-        " (revised)"
-    } else {
-        ""
+    let revised = match envelope.event.kind() {
+        "answer_observed" => String::new(),
+        kind => format!(" ({})", kind.replace('_', " ")),
     };
     writeln!(
         out,
@@ -383,5 +375,88 @@ pub fn demo(dir: &Path, store: StoreOptions, out: &mut dyn Write) -> Result<(), 
     writeln!(out, "  answerfeed --data-dir {d} events")?;
     writeln!(out, "  answerfeed --data-dir {d} questions")?;
     writeln!(out, "  answerfeed --data-dir {d} events --json --limit 1")?;
+    Ok(())
+}
+
+/// The summary of a fetch cycle.
+pub fn print_cycle(
+    report: &crate::fetch::CycleReport,
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if json {
+        let value = serde_json::to_value(report).map_err(std::io::Error::from)?;
+        return writeln!(out, "{value}");
+    }
+    let range = match (report.from, report.to) {
+        (Some(from), Some(to)) => format!("{from}..{to}"),
+        _ => "-".to_string(),
+    };
+    writeln!(
+        out,
+        "fetch {range}: {}; {} pages, {} records seen ({} completed by id), {} events appended, {} already known, {} quarantined, {} retries; watermark {}",
+        report.outcome,
+        report.pages,
+        report.records_seen,
+        report.completed_by_id,
+        report.appended,
+        report.already_known,
+        report.quarantined,
+        report.retries,
+        report
+            .watermark
+            .map_or("none".to_string(), |w| w.to_string())
+    )
+}
+
+/// `answerfeed check-config`: what the configuration means, including the next run times.
+pub fn check_config(
+    config: &crate::config::Config,
+    origin: &str,
+    data_dir: &Path,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let schedule = crate::daemon::Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
+        .map_err(CommandError::Usage)?;
+    let mut next = Vec::new();
+    let mut at = chrono::Utc::now();
+    for _ in 0..3 {
+        match schedule.next_after(at) {
+            Some(t) => {
+                next.push(t.to_rfc3339());
+                at = t;
+            }
+            None => break,
+        }
+    }
+    if json {
+        let value = json!({
+            "ok": true,
+            "origin": origin,
+            "data_dir": data_dir,
+            "base_url": config.fetch.base_url,
+            "schedule": config.fetch.schedule,
+            "timezone": config.fetch.timezone,
+            "next_runs_utc": next,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    writeln!(out, "config ok ({origin})")?;
+    writeln!(out, "  data dir:  {}", data_dir.display())?;
+    writeln!(out, "  API:       {}", config.fetch.base_url)?;
+    writeln!(
+        out,
+        "  schedule:  {} ({}); next runs (UTC): {}",
+        config.fetch.schedule,
+        config.fetch.timezone,
+        next.join(", ")
+    )?;
+    writeln!(
+        out,
+        "  each cycle re-reads {} days behind the watermark; first run reaches back {} days",
+        config.fetch.overlap_days, config.fetch.first_run_days
+    )?;
     Ok(())
 }

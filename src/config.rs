@@ -17,6 +17,29 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub logging: LoggingConfig,
+    pub fetch: FetchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    pub base_url: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub overlap_days: u32,
+    pub first_run_days: u32,
+    pub window_days: u32,
+    pub page_size: u32,
+    pub house: String,
+    pub answering_bodies: Vec<u32>,
+    pub max_concurrent_requests: u32,
+    pub connect_timeout_secs: u64,
+    pub read_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_secs: u64,
+    pub max_retry_after_secs: u64,
+    pub user_agent: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -58,19 +81,39 @@ pub enum ConfigError {
 impl Config {
     /// The built-in defaults.
     pub fn defaults() -> Result<Config, ConfigError> {
-        Config::from_toml(DEFAULT_TOML, "built-in defaults", None)
+        Config::from_toml(DEFAULT_TOML, "built-in defaults", None, &|_| None)
     }
 
     /// Reads a user's config file over the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml(&text, &path.display().to_string(), Some(DEFAULT_TOML))
+        Config::resolve(Some(path), &|_| None)
     }
 
-    fn from_toml(text: &str, origin: &str, base: Option<&str>) -> Result<Config, ConfigError> {
+    /// The configuration as the binary uses it: the defaults, the file if given, then environment
+    /// variables `ANSWERFEED_<SECTION>_<KEY>` (e.g. `ANSWERFEED_FETCH_BASE_URL`) for every key the
+    /// defaults have. `env` looks a variable up (`std::env::var` in the binary).
+    pub fn resolve(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml(DEFAULT_TOML, "built-in defaults", None, env),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string(), Some(DEFAULT_TOML), env)
+            }
+        }
+    }
+
+    fn from_toml(
+        text: &str,
+        origin: &str,
+        base: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let invalid = |text: &str, e: toml::de::Error| ConfigError::Invalid {
             origin: origin.to_string(),
             location: e
@@ -85,6 +128,7 @@ impl Config {
             merge(&mut merged, value);
             value = merged;
         }
+        apply_env(&mut value, env)?;
         let config: Config =
             toml::Value::Table(value)
                 .try_into()
@@ -115,6 +159,45 @@ impl Config {
                 self.store.cache_mb
             )));
         }
+        let f = &self.fetch;
+        crate::fetch::client::parse_base_url(&f.base_url)
+            .map_err(|e| invalid(format!("fetch.base_url: {e}")))?;
+        crate::daemon::Schedule::parse(&f.schedule, &f.timezone)
+            .map_err(|e| invalid(format!("fetch.schedule: {e}")))?;
+        if !matches!(f.house.as_str(), "" | "Commons" | "Lords") {
+            return Err(invalid(format!(
+                "fetch.house must be \"\", \"Commons\" or \"Lords\", not {:?}",
+                f.house
+            )));
+        }
+        let ranges: [(&str, u64, u64, u64); 9] = [
+            ("fetch.page_size", u64::from(f.page_size), 1, 1000),
+            ("fetch.window_days", u64::from(f.window_days), 1, 3660),
+            ("fetch.overlap_days", u64::from(f.overlap_days), 0, 366),
+            (
+                "fetch.first_run_days",
+                u64::from(f.first_run_days),
+                0,
+                36600,
+            ),
+            (
+                "fetch.max_concurrent_requests",
+                u64::from(f.max_concurrent_requests),
+                1,
+                16,
+            ),
+            ("fetch.max_attempts", u64::from(f.max_attempts), 1, 100),
+            ("fetch.connect_timeout_secs", f.connect_timeout_secs, 1, 600),
+            ("fetch.read_timeout_secs", f.read_timeout_secs, 1, 3600),
+            ("fetch.max_backoff_secs", f.max_backoff_secs, 0, 86400),
+        ];
+        for (name, value, min, max) in ranges {
+            if value < min || value > max {
+                return Err(invalid(format!(
+                    "{name} must be between {min} and {max}, not {value}"
+                )));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(format!(
                 "logging.level {:?} is not a level (error, warn, info, debug, trace)",
@@ -123,6 +206,50 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Overrides keys from environment variables, typed like the value they replace.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (section, value) in table.iter_mut() {
+        let toml::Value::Table(inner) = value else {
+            // Top-level keys (data_dir) are read by the command line's own env handling.
+            continue;
+        };
+        for (key, current) in inner.iter_mut() {
+            let name = format!("ANSWERFEED_{}_{}", section, key).to_uppercase();
+            let Some(raw) = env(&name) else { continue };
+            let invalid = |why: String| ConfigError::Invalid {
+                origin: format!("environment variable {name}"),
+                location: String::new(),
+                message: why,
+            };
+            *current = match current {
+                toml::Value::String(_) => toml::Value::String(raw),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| invalid(format!("{raw:?} is not a whole number")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| invalid(format!("{raw:?} is not true or false")))?,
+                ),
+                _ => {
+                    let parsed: toml::Table = toml::from_str(&format!("v = {raw}"))
+                        .map_err(|e| invalid(e.message().trim().replace('\n', " ")))?;
+                    parsed
+                        .get("v")
+                        .cloned()
+                        .ok_or_else(|| invalid("no value".to_string()))?
+                }
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -148,6 +275,25 @@ fn line_of(text: &str, byte: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_override_typed_keys() {
+        let env = |name: &str| match name {
+            "ANSWERFEED_FETCH_BASE_URL" => Some("http://127.0.0.1:9".to_string()),
+            "ANSWERFEED_FETCH_PAGE_SIZE" => Some("25".to_string()),
+            "ANSWERFEED_FETCH_ANSWERING_BODIES" => Some("[1, 2]".to_string()),
+            _ => None,
+        };
+        let config = Config::resolve(None, &env).unwrap();
+        assert_eq!(config.fetch.base_url, "http://127.0.0.1:9");
+        assert_eq!(config.fetch.page_size, 25);
+        assert_eq!(config.fetch.answering_bodies, vec![1, 2]);
+
+        let bad = |name: &str| (name == "ANSWERFEED_FETCH_PAGE_SIZE").then(|| "lots".to_string());
+        let err = Config::resolve(None, &bad).unwrap_err().to_string();
+        assert!(err.contains("ANSWERFEED_FETCH_PAGE_SIZE"), "{err}");
+        assert!(err.contains("\"lots\" is not a whole number"), "{err}");
+    }
 
     #[test]
     fn defaults_parse() {
@@ -182,6 +328,14 @@ mod tests {
         let err = Config::load(&bad).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+
+        std::fs::write(&bad, "[fetch]\nschedule = \"*/15 * * * *\"\n").unwrap();
+        let err = Config::load(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"0 */15 * * * *\""), "{err}");
+
+        std::fs::write(&bad, "[fetch]\nbase_url = \"questions.example\"\n").unwrap();
+        let err = Config::load(&bad).unwrap_err().to_string();
+        assert!(err.contains("fetch.base_url"), "{err}");
 
         std::fs::write(&bad, "[logging]\nformat = \"xml\"\n").unwrap();
         let err = Config::load(&bad).unwrap_err().to_string();

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::record::{AnswerRecord, Block, Cell};
+use crate::record::{AnswerRecord, SourceFormat};
 
 /// The schema version written into every new envelope.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -99,6 +99,37 @@ pub enum Event {
         previous_seq: u64,
         record: Box<AnswerRecord>,
     },
+    /// The API gave a holding answer ("I will reply as soon as possible"), not yet the substantive
+    /// one. `previous_*` are set when the question was seen before.
+    HoldingAnswerGiven {
+        question: QuestionKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_hash: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_seq: Option<u64>,
+        record: Box<AnswerRecord>,
+    },
+    /// The API marks the answer as a correction; the text before it is kept.
+    AnswerCorrected {
+        question: QuestionKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_hash: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_seq: Option<u64>,
+        /// The answer before the correction, as the API gives it (HTML).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        original_answer_text: Option<String>,
+        record: Box<AnswerRecord>,
+    },
+    /// The question was withdrawn.
+    QuestionWithdrawn {
+        question: QuestionKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_hash: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_seq: Option<u64>,
+        record: Box<AnswerRecord>,
+    },
     /// Input that could not be parsed, kept whole with the reason.
     RecordQuarantined {
         reason: String,
@@ -110,31 +141,108 @@ pub enum Event {
     },
 }
 
+/// Every `kind` an event can have, for reports that count by kind.
+pub const KINDS: &[&str] = &[
+    "answer_observed",
+    "answer_revised",
+    "holding_answer_given",
+    "answer_corrected",
+    "question_withdrawn",
+    "record_quarantined",
+];
+
 impl Event {
+    /// The event for a question's content that is not yet in the log. `previous` is the
+    /// question's latest (seq, content hash) when it was seen before. What the API says about the
+    /// question's state decides the kind; otherwise it is a first observation or a revision.
+    pub fn for_answer(
+        question: QuestionKey,
+        record: Box<AnswerRecord>,
+        previous: Option<(u64, String)>,
+    ) -> Event {
+        let api = record.api.as_ref();
+        let (previous_seq, previous_hash) = match previous {
+            Some((seq, hash)) => (Some(seq), Some(hash)),
+            None => (None, None),
+        };
+        if api.is_some_and(|a| a.is_withdrawn) {
+            return Event::QuestionWithdrawn {
+                question,
+                previous_hash,
+                previous_seq,
+                record,
+            };
+        }
+        if api.is_some_and(|a| a.is_holding) {
+            return Event::HoldingAnswerGiven {
+                question,
+                previous_hash,
+                previous_seq,
+                record,
+            };
+        }
+        if let Some(api) = api.filter(|a| a.is_correction) {
+            return Event::AnswerCorrected {
+                question,
+                previous_hash,
+                previous_seq,
+                original_answer_text: api.original_answer_text.clone(),
+                record,
+            };
+        }
+        match (previous_seq, previous_hash) {
+            (Some(previous_seq), Some(previous_hash)) => Event::AnswerRevised {
+                question,
+                previous_hash,
+                previous_seq,
+                record,
+            },
+            _ => Event::AnswerObserved { question, record },
+        }
+    }
+
     /// The `kind` tag as stored.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::AnswerObserved { .. } => "answer_observed",
             Event::AnswerRevised { .. } => "answer_revised",
+            Event::HoldingAnswerGiven { .. } => "holding_answer_given",
+            Event::AnswerCorrected { .. } => "answer_corrected",
+            Event::QuestionWithdrawn { .. } => "question_withdrawn",
             Event::RecordQuarantined { .. } => "record_quarantined",
         }
     }
 
     pub fn question(&self) -> Option<&QuestionKey> {
         match self {
-            Event::AnswerObserved { question, .. } | Event::AnswerRevised { question, .. } => {
-                Some(question)
-            }
+            Event::AnswerObserved { question, .. }
+            | Event::AnswerRevised { question, .. }
+            | Event::HoldingAnswerGiven { question, .. }
+            | Event::AnswerCorrected { question, .. }
+            | Event::QuestionWithdrawn { question, .. } => Some(question),
             Event::RecordQuarantined { .. } => None,
         }
     }
 
     pub fn record(&self) -> Option<&AnswerRecord> {
         match self {
-            Event::AnswerObserved { record, .. } | Event::AnswerRevised { record, .. } => {
-                Some(record)
-            }
+            Event::AnswerObserved { record, .. }
+            | Event::AnswerRevised { record, .. }
+            | Event::HoldingAnswerGiven { record, .. }
+            | Event::AnswerCorrected { record, .. }
+            | Event::QuestionWithdrawn { record, .. } => Some(record),
             Event::RecordQuarantined { .. } => None,
+        }
+    }
+
+    /// The sequence number of the question's previous content, for kinds that follow one.
+    pub fn previous_seq(&self) -> Option<u64> {
+        match self {
+            Event::AnswerRevised { previous_seq, .. } => Some(*previous_seq),
+            Event::HoldingAnswerGiven { previous_seq, .. }
+            | Event::AnswerCorrected { previous_seq, .. }
+            | Event::QuestionWithdrawn { previous_seq, .. } => *previous_seq,
+            Event::AnswerObserved { .. } | Event::RecordQuarantined { .. } => None,
         }
     }
 }
@@ -185,9 +293,9 @@ pub fn normalise_text(s: &str) -> String {
 }
 
 /// Content hash of an answer, version 1. Covers what a reader would call the answer's content:
-/// who asked, of whom, what, who answered and the answer itself (paragraph text and table cells).
-/// Not covered: where or when it was seen (feed position, source), and derived data (forces),
-/// which are functions of the covered fields.
+/// who asked, of whom, what, who answered and the answer itself as the source gave it.
+/// Not covered: where or when it was seen (feed position, source), and everything the parsers
+/// derive (paragraphs, tables, forces), so improving a parser never changes a hash.
 pub fn fingerprint_answer(record: &AnswerRecord) -> String {
     let mut h = Sha256::new();
     let mut field = |label: &str, value: &str| {
@@ -212,32 +320,38 @@ pub fn fingerprint_answer(record: &AnswerRecord) -> String {
         "answering_title",
         record.answering_member.title.as_deref().unwrap_or(""),
     );
-    for block in &record.answer.blocks {
-        match block {
-            Block::Paragraph { text } => field("p", text),
-            Block::Table(table) => {
-                field("table", table.title.as_deref().unwrap_or(""));
-                field("header", &table.header.join("\u{1d}"));
-                for row in &table.rows {
-                    let cells: Vec<String> = row.cells.iter().map(cell_fingerprint).collect();
-                    field("row", &cells.join("\u{1d}"));
-                }
-                for note in &table.notes {
-                    field("note", note);
-                }
-            }
+    field(
+        "answer_format",
+        match record.answer_source.format {
+            SourceFormat::Text => "text",
+            SourceFormat::Html => "html",
+        },
+    );
+    field("answer", &record.answer_source.text);
+    if let Some(api) = &record.api {
+        let flag = |b: bool| if b { "1" } else { "0" };
+        let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        field("api", "v1");
+        field("uin", &opt(&api.uin));
+        field("heading", &opt(&api.heading));
+        field("date_tabled", &opt(&api.date_tabled));
+        field("date_for_answer", &opt(&api.date_for_answer));
+        field("date_answered", &opt(&api.date_answered));
+        field("holding", flag(api.is_holding));
+        field("date_holding_answer", &opt(&api.date_holding_answer));
+        field("correction", flag(api.is_correction));
+        field("original_answer", &opt(&api.original_answer_text));
+        field("date_answer_corrected", &opt(&api.date_answer_corrected));
+        field("withdrawn", flag(api.is_withdrawn));
+        let mut grouped = api.grouped_questions.clone();
+        grouped.sort();
+        field("grouped", &grouped.join(","));
+        for attachment in &api.attachments {
+            field("attachment", &opt(&attachment.url));
+            field("attachment_title", &opt(&attachment.title));
         }
     }
     hex(&h.finalize())
-}
-
-fn cell_fingerprint(cell: &Cell) -> String {
-    match cell {
-        Cell::Empty => String::new(),
-        Cell::Int(n) => format!("i{n}"),
-        Cell::Decimal(d) => format!("d{d}"),
-        Cell::Text(t) => format!("t{t}"),
-    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -252,7 +366,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{AnswerBody, AnsweringMember, AskingMember};
+    use crate::record::{AnswerBody, AnswerSource, AnsweringMember, AskingMember, Block};
 
     fn record(answer: &str) -> AnswerRecord {
         AnswerRecord {
@@ -275,9 +389,14 @@ mod tests {
                     text: answer.into(),
                 }],
             },
+            answer_source: AnswerSource {
+                format: SourceFormat::Text,
+                text: answer.into(),
+            },
             forces: vec![],
             unknown_forces: vec![],
             feed_position: None,
+            api: None,
         }
     }
 
@@ -302,7 +421,7 @@ mod tests {
         // If this changes, every stored answer would look revised on its next re-fetch.
         assert_eq!(
             fingerprint_answer(&record("The answer.")),
-            "a4a23c6f2c3594861bb1a63296c669a1d83af1164ab78b258f73c38597c8632b"
+            "5db1eb16808390cdad05dbe5627f87ded750b5760f81525314c81c7be1682aa2"
         );
     }
 

@@ -20,6 +20,8 @@ pub const BATCH_SIZE: usize = 1000;
 pub enum Format {
     /// The plain-text dump format.
     Text,
+    /// Recorded Parliament API data: a response envelope, a JSON array of records, or JSON lines.
+    Api,
     /// Decide from the content.
     Auto,
 }
@@ -47,10 +49,10 @@ pub enum IngestError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path}: cannot tell its format ({why}); pass --format text to read it as a text dump"
-    )]
+    #[error("{path}: cannot tell its format ({why}); pass --format text or --format api")]
     UnknownFormat { path: PathBuf, why: String },
+    #[error("{path}: not API data: {why}")]
+    NotApiData { path: PathBuf, why: String },
     #[error("{path}: {source}")]
     Log {
         path: PathBuf,
@@ -104,21 +106,139 @@ pub fn ingest_file(
         path: path.to_path_buf(),
         source,
     })?;
-    if options.format == Format::Auto {
-        detect_format(&bytes).map_err(|why| IngestError::UnknownFormat {
+    let format = match options.format {
+        Format::Auto => detect_format(&bytes).map_err(|why| IngestError::UnknownFormat {
             path: path.to_path_buf(),
             why,
-        })?;
-    }
-    ingest_text(log, &path.display().to_string(), &bytes, options.order).map_err(|source| {
-        IngestError::Log {
-            path: path.to_path_buf(),
-            source,
+        })?,
+        other => other,
+    };
+    let source = path.display().to_string();
+    let log_error = |source| IngestError::Log {
+        path: path.to_path_buf(),
+        source,
+    };
+    match format {
+        Format::Api => {
+            let items = crate::parse::api::decode_recorded(&bytes).map_err(|e| {
+                IngestError::NotApiData {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                }
+            })?;
+            ingest_api_items(log, &source, items).map_err(log_error)
         }
-    })
+        _ => ingest_text(log, &source, &bytes, options.order).map_err(log_error),
+    }
 }
 
-/// Only the text format exists so far; JSON is recognised so that it gets a clear message.
+/// Appends decoded API records, oldest first by their date. A record whose text the list endpoint
+/// cut short cannot be completed offline: it is quarantined, never logged as if it were whole.
+pub fn ingest_api_items(
+    log: &mut EventLog,
+    source: &str,
+    items: Vec<crate::parse::api::ApiItem>,
+) -> Result<FileSummary, LogError> {
+    use crate::parse::api::ApiItem;
+    let mut summary = FileSummary {
+        source: source.to_string(),
+        records: items.len(),
+        ..FileSummary::default()
+    };
+    let mut positioned: Vec<(u32, ApiItem)> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let item = match item {
+                ApiItem::Record {
+                    id,
+                    truncated: true,
+                    record,
+                } => ApiItem::Quarantined {
+                    reason: format!(
+                        "question {id}: text cut short ('...'), as the list endpoint does; fetch it by id"
+                    ),
+                    raw: serde_json::to_string(&record).unwrap_or_default(),
+                },
+                other => other,
+            };
+            (u32::try_from(i).unwrap_or(u32::MAX), item)
+        })
+        .collect();
+    let date_of = |item: &ApiItem| match item {
+        ApiItem::Record { record, id, .. } => (
+            record
+                .api
+                .as_ref()
+                .and_then(|a| a.effective_date())
+                .map(str::to_string),
+            *id,
+        ),
+        ApiItem::Quarantined { .. } => (None, 0),
+    };
+    positioned.sort_by_key(|(position, item)| (date_of(item), *position));
+    for (_, item) in &positioned {
+        if let ApiItem::Record { record, .. } = item {
+            for name in &record.unknown_forces {
+                if !summary.unknown_forces.contains(name) {
+                    summary.unknown_forces.push(name.clone());
+                }
+            }
+        }
+    }
+    let recorded_at = now_rfc3339();
+    while !positioned.is_empty() {
+        let rest = positioned.split_off(positioned.len().min(BATCH_SIZE));
+        let batch = std::mem::replace(&mut positioned, rest);
+        let notes: Vec<Option<(u32, String)>> = batch
+            .iter()
+            .map(|(position, item)| match item {
+                ApiItem::Quarantined { reason, .. } => Some((*position, reason.clone())),
+                ApiItem::Record { .. } => None,
+            })
+            .collect();
+        let observations: Vec<Observation> = batch
+            .into_iter()
+            .map(|(position, item)| crate::fetch::observation(source.to_string(), position, item))
+            .collect();
+        let report = log.append(observations, &recorded_at)?;
+        for (outcome, note) in report.outcomes.iter().zip(notes) {
+            let is_new = matches!(outcome, Appended::New { .. });
+            match outcome {
+                Appended::New { seq, kind } => {
+                    summary.appended_seqs.push(*seq);
+                    match *kind {
+                        "answer_observed" => summary.new_answers += 1,
+                        "record_quarantined" => summary.quarantined += 1,
+                        _ => summary.revisions += 1,
+                    }
+                }
+                Appended::Known { .. } => summary.known += 1,
+            }
+            if let Some((index, reason)) = note {
+                summary.quarantine_notes.push(QuarantineNote {
+                    index,
+                    line: 0,
+                    reason,
+                    new: is_new,
+                });
+            }
+        }
+    }
+    summary.quarantine_notes.sort_by_key(|n| n.index);
+    tracing::info!(
+        source,
+        records = summary.records,
+        new_answers = summary.new_answers,
+        revisions = summary.revisions,
+        quarantined = summary.quarantined,
+        known = summary.known,
+        "ingested API data"
+    );
+    Ok(summary)
+}
+
+/// JSON is API data; text with an `Asked by:` record is a dump; anything else is refused.
 fn detect_format(bytes: &[u8]) -> Result<Format, String> {
     let first = bytes
         .strip_prefix(b"\xEF\xBB\xBF")
@@ -127,9 +247,7 @@ fn detect_format(bytes: &[u8]) -> Result<Format, String> {
         .find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err("the file is empty".to_string()),
-        Some(b'{') | Some(b'[') => {
-            Err("it looks like JSON, which this version does not read".to_string())
-        }
+        Some(b'{') | Some(b'[') => Ok(Format::Api),
         Some(_) if contains(bytes, b"Asked by:") => Ok(Format::Text),
         Some(_) => Err("no 'Asked by:' record in it".to_string()),
     }
@@ -192,7 +310,7 @@ pub fn ingest_text(
     }
     summary.quarantine_notes.sort_by_key(|n| n.index);
     for note in summary.quarantine_notes.iter().filter(|n| n.new) {
-        tracing::warn!(source, line = note.line, reason = %note.reason, "record quarantined");
+        tracing::info!(source, line = note.line, reason = %note.reason, "record quarantined");
     }
     tracing::info!(
         source,

@@ -6,12 +6,15 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod event;
+pub mod fetch;
 pub mod forces;
 pub mod ingest;
 pub mod log;
 pub mod parse;
 pub mod record;
+pub mod shutdown;
 
 /// The sample dump bundled with the binary for `answerfeed demo` (public parliamentary data).
 pub const BUNDLED_SAMPLE: &[u8] = include_bytes!("../tests/fixtures/written-answers-sample.txt");

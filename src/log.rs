@@ -235,18 +235,7 @@ impl EventLog {
                     };
                     pending_heads.insert(question.clone(), (seq, hash.clone()));
                     batch.insert(head_key(&question), encode_head(seq, &hash));
-                    match previous {
-                        None => Event::AnswerObserved {
-                            question: question.clone(),
-                            record,
-                        },
-                        Some((previous_seq, previous_hash)) => Event::AnswerRevised {
-                            question: question.clone(),
-                            previous_hash,
-                            previous_seq,
-                            record,
-                        },
-                    }
+                    Event::for_answer(question.clone(), record, previous)
                 }
                 Payload::Unparseable { reason, raw } => quarantined(reason, raw),
             };

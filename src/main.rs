@@ -9,9 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use answerfeed::commands::{self, CommandError};
 use answerfeed::config::{Config, LogFormat};
+use answerfeed::daemon::Schedule;
+use answerfeed::fetch::{ApiClient, FetchError};
 use answerfeed::ingest::{Format, IngestOptions};
 use answerfeed::log::{EventLog, StoreOptions};
 use answerfeed::record::FeedOrder;
+use answerfeed::shutdown::Shutdown;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +74,29 @@ enum Command {
     },
     /// Check every stored event: checksum, sequence continuity, decoding, index
     Verify,
+    /// Pull new and changed answers from the Parliament API: one cycle, then a summary
+    Fetch {
+        /// Run one cycle and exit (the daemon runs cycles on the schedule)
+        #[arg(long)]
+        once: bool,
+        /// Read from this date (YYYY-MM-DD) instead of the watermark: a backfill
+        #[arg(long, value_name = "DATE")]
+        since: Option<chrono::NaiveDate>,
+        /// Read up to this date (YYYY-MM-DD) instead of today
+        #[arg(long, value_name = "DATE")]
+        until: Option<chrono::NaiveDate>,
+        /// The API's base URL [default: fetch.base_url from config]
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+    },
+    /// Run fetch cycles on the configured cron schedule until SIGINT/SIGTERM
+    Daemon {
+        /// The API's base URL [default: fetch.base_url from config]
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+    },
+    /// Validate the configuration (file, environment) and show what it means
+    CheckConfig,
     /// Ingest the bundled sample into a fresh data dir and show what was found
     Demo,
 }
@@ -81,6 +107,8 @@ enum FormatArg {
     Auto,
     /// The plain-text dump format ("Asked by: ...")
     Text,
+    /// Recorded API data: a response envelope, a JSON array of records, or JSON lines
+    Api,
 }
 
 fn main() -> ExitCode {
@@ -147,10 +175,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::defaults()?,
-    };
+    let mut config = Config::resolve(cli.config.as_deref(), &|name| std::env::var(name).ok())?;
     init_tracing(&config, cli.verbose);
     let data_dir = cli
         .data_dir
@@ -173,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format: match format {
                     FormatArg::Auto => Format::Auto,
                     FormatArg::Text => Format::Text,
+                    FormatArg::Api => Format::Api,
                 },
                 order: if oldest_first {
                     FeedOrder::OldestFirst
@@ -201,6 +227,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             }
         }
+        Command::Fetch {
+            once,
+            since,
+            until,
+            base_url,
+        } => {
+            if !once {
+                eprintln!(
+                    "error: fetch runs one cycle and needs --once; use 'answerfeed daemon' to run on the schedule"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            if let Some(url) = base_url {
+                config.fetch.base_url = url;
+            }
+            let mut log = EventLog::open(&data_dir, store)?;
+            let options = answerfeed::fetch::CycleOptions {
+                since,
+                until,
+                progress: true,
+            };
+            let outcome = runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.install_signal_handlers()?;
+                let client = ApiClient::new(&config.fetch, shutdown.clone())?;
+                let (report, result) = answerfeed::fetch::run_cycle(
+                    &mut log,
+                    &client,
+                    &config.fetch,
+                    &options,
+                    &shutdown,
+                )
+                .await;
+                anyhow::Ok((report, result))
+            })?;
+            let (report, result) = outcome;
+            commands::print_cycle(&report, cli.json, &mut out)?;
+            out.flush()?;
+            match result {
+                Ok(()) | Err(FetchError::Interrupted) => ExitCode::SUCCESS,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Daemon { base_url } => {
+            if let Some(url) = base_url {
+                config.fetch.base_url = url;
+            }
+            let schedule = Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
+                .map_err(|e| anyhow::anyhow!("fetch.schedule: {e}"))?;
+            let mut log = EventLog::open(&data_dir, store)?;
+            runtime()?.block_on(async {
+                let shutdown = Shutdown::new();
+                shutdown.install_signal_handlers()?;
+                let client = ApiClient::new(&config.fetch, shutdown.clone())?;
+                answerfeed::daemon::run(&mut log, &client, &config.fetch, &schedule, &shutdown)
+                    .await?;
+                anyhow::Ok(())
+            })?;
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => {
+            let origin = cli
+                .config
+                .as_ref()
+                .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+            commands::check_config(&config, &origin, &data_dir, cli.json, &mut out)?;
+            ExitCode::SUCCESS
+        }
         Command::Demo => {
             let dir = match cli.data_dir {
                 Some(dir) => dir,
@@ -215,6 +309,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     out.flush()?;
     Ok(code)
+}
+
+/// One thread is plenty: the work is one request at a time and the log is single-writer.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// A new directory under the system temp dir, so that `demo` never touches a real data dir.

@@ -12,8 +12,8 @@
 
 use crate::forces;
 use crate::record::{
-    AnswerBody, AnswerRecord, AnsweringMember, AskingMember, Block, Cell, FeedOrder, FeedPosition,
-    ForceRef, House, Row, Table,
+    AnswerBody, AnswerRecord, AnswerSource, AnsweringMember, AskingMember, Block, Cell, FeedOrder,
+    FeedPosition, ForceRef, House, Row, SourceFormat, Table,
 };
 
 /// One record of a dump, parsed or not.
@@ -193,6 +193,10 @@ fn parse_chunk(chunk: &Chunk<'_>) -> Result<AnswerRecord, String> {
         .ok_or_else(|| format!("no member named after 'Answered by' on line {answered_line}"))?;
 
     let body_lines: Vec<&str> = rest.map(|(_, l)| l.trim()).collect();
+    let answer_source = AnswerSource {
+        format: SourceFormat::Text,
+        text: body_lines.join("\n"),
+    };
     if body_lines.is_empty() {
         return Err(format!(
             "record at line {asked_line} has no answer text after 'Answered by'"
@@ -216,9 +220,11 @@ fn parse_chunk(chunk: &Chunk<'_>) -> Result<AnswerRecord, String> {
         question_text,
         answering_member,
         answer,
+        answer_source,
         forces,
         unknown_forces,
         feed_position: None,
+        api: None,
     })
 }
 
@@ -257,7 +263,9 @@ fn parse_asked_by(s: &str) -> Result<AskingMember, String> {
         };
         member.party = (!party.is_empty()).then(|| party.to_string());
         if let Some(seat) = seat.filter(|s| !s.is_empty()) {
-            let is_peerage = seat.to_lowercase().contains("peer") || seat == "Bishops";
+            let lower = seat.to_lowercase();
+            let is_peerage =
+                lower.contains("peer") || lower.contains("hereditary") || lower == "bishops";
             if is_peerage {
                 member.peerage = Some(seat.to_string());
             } else {
@@ -275,13 +283,21 @@ fn parse_question_to(line: &str) -> Option<String> {
         .trim()
         .strip_suffix(':')?
         .trim();
-    let body = body.strip_prefix("the ").unwrap_or(body).trim();
+    let body = if body == "the" {
+        ""
+    } else {
+        body.strip_prefix("the ").unwrap_or(body).trim()
+    };
     (!body.is_empty()).then(|| body.to_string())
 }
 
 /// ` Jess Phillips - Parliamentary Under-Secretary (Home Office)` or ` Laura Farris`.
 fn parse_answered_by(s: &str) -> Option<AnsweringMember> {
     let s = s.trim().trim_start_matches(':').trim();
+    // "Answered by - Minister of State": a title with no name.
+    if s.starts_with('-') {
+        return None;
+    }
     let (name, title) = match s.split_once(" - ") {
         Some((name, title)) => (name.trim(), Some(title.trim())),
         None => (s, None),
@@ -345,17 +361,33 @@ fn split_cells(line: &str) -> Vec<&str> {
 }
 
 fn build_table(lines: &[&str]) -> Option<Table> {
+    table_from_rows(
+        lines
+            .iter()
+            .map(|line| split_cells(line).into_iter().map(str::to_string).collect())
+            .collect(),
+    )
+}
+
+/// Builds a table from rows of cell text, the same way for text dumps and HTML: rows with one
+/// filled cell above the header are its title, the first row with two or more filled cells is the
+/// header, rows with one filled cell below it are notes, and the rest are typed data rows.
+/// `None` when no row has two filled cells (that is layout, not a table).
+pub(crate) fn table_from_rows(raw_rows: Vec<Vec<String>>) -> Option<Table> {
     let mut title_parts = Vec::new();
     let mut header: Option<Vec<String>> = None;
     let mut rows: Vec<Row> = Vec::new();
     let mut notes = Vec::new();
-    for line in lines {
-        let cells = split_cells(line);
-        let filled: Vec<&str> = cells.iter().copied().filter(|c| !c.is_empty()).collect();
+    for cells in &raw_rows {
+        let filled: Vec<&str> = cells
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !c.is_empty())
+            .collect();
         match (&header, filled.len()) {
             (_, 0) => {}
             (None, 1) => title_parts.push(filled[0].to_string()),
-            (None, _) => header = Some(cells.iter().map(|c| c.to_string()).collect()),
+            (None, _) => header = Some(cells.clone()),
             (Some(_), 1) => notes.push(filled[0].to_string()),
             (Some(h), _) => {
                 let mut typed: Vec<Cell> = cells.iter().map(|c| Cell::parse(c)).collect();
@@ -364,7 +396,7 @@ fn build_table(lines: &[&str]) -> Option<Table> {
                 }
                 let total = typed.iter().any(|c| {
                     c.as_text()
-                        .is_some_and(|t| t.to_lowercase().split_whitespace().any(|w| w == "total"))
+                        .is_some_and(|t| t.split_whitespace().any(is_total_word))
                 });
                 rows.push(Row {
                     cells: typed,
@@ -384,6 +416,14 @@ fn build_table(lines: &[&str]) -> Option<Table> {
     };
     assign_forces(&mut table);
     Some(table)
+}
+
+/// "Total", "Totals", "Total:" and the like mark a total row.
+fn is_total_word(word: &str) -> bool {
+    let bare = word
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
+    bare == "total" || bare == "totals" || bare == "subtotal"
 }
 
 /// Finds the column that names police forces (most cells resolving to a known force, at least half
@@ -433,7 +473,7 @@ pub(crate) fn forces_of(answer: &AnswerBody) -> (Vec<ForceRef>, Vec<String>) {
     };
     for block in &answer.blocks {
         match block {
-            Block::Paragraph { text } => {
+            Block::Paragraph { text } | Block::ListItem { text } => {
                 for mention in forces::mentions_in(text) {
                     add(ForceRef::from(mention.force));
                 }
@@ -456,6 +496,9 @@ pub(crate) fn forces_of(answer: &AnswerBody) -> (Vec<ForceRef>, Vec<String>) {
     }
     (known, unknown)
 }
+
+pub mod api;
+pub mod html;
 
 #[cfg(test)]
 mod tests;

@@ -78,6 +78,9 @@ pub struct AnswerRecord {
     pub question_text: String,
     pub answering_member: AnsweringMember,
     pub answer: AnswerBody,
+    /// The answer exactly as the source gave it. `answer` is derived from it; the content hash
+    /// covers this, not `answer`, so a better parser never makes an unchanged answer look revised.
+    pub answer_source: AnswerSource,
     /// Police forces the answer names, canonical, without repeats, in order of first mention.
     #[serde(default)]
     pub forces: Vec<ForceRef>,
@@ -87,6 +90,87 @@ pub struct AnswerRecord {
     pub unknown_forces: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed_position: Option<FeedPosition>,
+    /// What the Parliament API says beyond the common fields (dates, status, grouping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiDetails>,
+}
+
+/// Fields only the API gives. Dates are as the API wrote them (`2024-01-05T00:00:00`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ApiDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_tabled: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_for_answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_answered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asking_member_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answering_member_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answering_body_id: Option<u64>,
+    #[serde(default)]
+    pub is_holding: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_holding_answer: Option<String>,
+    #[serde(default)]
+    pub is_correction: bool,
+    /// The answer's text before the correction (HTML), when corrected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_answer_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_answer_corrected: Option<String>,
+    #[serde(default)]
+    pub is_withdrawn: bool,
+    /// UINs of the questions answered together with this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grouped_questions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// The question's page on the Parliament site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<String>,
+}
+
+impl ApiDetails {
+    /// The date that orders this record in time: answered, else corrected, else tabled.
+    pub fn effective_date(&self) -> Option<&str> {
+        self.date_answered
+            .as_deref()
+            .or(self.date_answer_corrected.as_deref())
+            .or(self.date_tabled.as_deref())
+    }
+}
+
+/// The answer as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerSource {
+    pub format: SourceFormat,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// Lines of a plain-text dump (tables as `|` lines).
+    Text,
+    /// The API's `answerText` HTML.
+    Html,
 }
 
 /// A canonical force as stored in a record.
@@ -118,6 +202,7 @@ impl AnswerBody {
         for block in &self.blocks {
             match block {
                 Block::Paragraph { text } => parts.push(text.clone()),
+                Block::ListItem { text } => parts.push(format!("- {text}")),
                 Block::Table(table) => parts.push(table.to_pipe_text()),
             }
         }
@@ -127,13 +212,14 @@ impl AnswerBody {
     pub fn tables(&self) -> impl Iterator<Item = &Table> {
         self.blocks.iter().filter_map(|b| match b {
             Block::Table(t) => Some(t),
-            Block::Paragraph { .. } => None,
+            Block::Paragraph { .. } | Block::ListItem { .. } => None,
         })
     }
 
+    /// The running text: paragraphs and list items, in order.
     pub fn paragraphs(&self) -> impl Iterator<Item = &str> {
         self.blocks.iter().filter_map(|b| match b {
-            Block::Paragraph { text } => Some(text.as_str()),
+            Block::Paragraph { text } | Block::ListItem { text } => Some(text.as_str()),
             Block::Table(_) => None,
         })
     }
@@ -142,7 +228,13 @@ impl AnswerBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Block {
-    Paragraph { text: String },
+    Paragraph {
+        text: String,
+    },
+    /// An item of a bulleted or numbered list (HTML answers).
+    ListItem {
+        text: String,
+    },
     Table(Table),
 }
 

@@ -377,23 +377,35 @@ fn wrong_flags_and_missing_files_are_one_line_errors() {
 fn a_file_that_is_not_a_dump_is_refused_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let json = write(tmp.path(), "page.json", b"{\"results\": []}");
-    let out = run(&data, &["ingest", json.to_str().unwrap()]);
+    let notes = write(tmp.path(), "notes.txt", b"Shopping list:\nmilk\n");
+    let out = run(&data, &["ingest", notes.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("page.json: cannot tell its format"), "{err}");
+    assert!(err.contains("notes.txt: cannot tell its format"), "{err}");
+    assert!(err.contains("no 'Asked by:' record"), "{err}");
     assert_eq!(err.lines().count(), 1);
 
     // Forced as text, it is kept whole in quarantine rather than lost.
     let forced = ok(run(
         &data,
-        &["ingest", "--format", "text", json.to_str().unwrap()],
+        &["ingest", "--format", "text", notes.to_str().unwrap()],
     ));
     assert!(
         stdout(&forced).contains("1 quarantined"),
         "{}",
         stdout(&forced)
     );
+
+    // Broken JSON is named with its position, and nothing is appended.
+    let broken = write(tmp.path(), "page.json", b"{\"results\": [{\"value\": ");
+    let out = run(&data, &["ingest", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("page.json: not API data: truncated JSON"),
+        "{err}"
+    );
+    assert_eq!(events(&data).len(), 1);
 }
 
 #[test]
@@ -511,4 +523,37 @@ fn output_into_a_closed_pipe_is_not_an_error() {
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_force_names_are_kept_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dump = write(
+        tmp.path(),
+        "forces.txt",
+        "Asked by: A Member (Labour - Somewhere)\nQuestion to the Home Office:\nTo ask how many arrests each force made.\nAnswered by A Minister\nThe figures are below.\nForce | Arrests |\nMPS | 1,200 |\nKent Police | 300 |\nPolice Scotland | 50 |\nTotal | 1,550 |\n"
+            .as_bytes(),
+    );
+    let out = ok(run(&data, &["ingest", dump.to_str().unwrap()]));
+    assert!(
+        stdout(&out).contains("not a known police force, kept as written: Police Scotland"),
+        "{}",
+        stdout(&out)
+    );
+    let record = &events(&data)[0]["event"]["record"];
+    assert_eq!(
+        record["unknown_forces"],
+        serde_json::json!(["Police Scotland"])
+    );
+    let rows = &record["answer"]["blocks"][1]["rows"];
+    assert_eq!(rows[0]["force"]["id"], "metropolitan");
+    assert_eq!(rows[1]["force"]["id"], "kent");
+    assert_eq!(
+        rows[2]["cells"][0],
+        serde_json::json!({"text": "Police Scotland"})
+    );
+    assert!(rows[2]["force"].is_null());
+    assert_eq!(rows[3]["total"], true);
+    assert_eq!(rows[3]["cells"][1], serde_json::json!({"int": 1550}));
 }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::event::Source;
-use crate::record::{AnswerBody, AnswerRecord, AnsweringMember, AskingMember, Block};
+use crate::record::{
+    AnswerBody, AnswerRecord, AnswerSource, AnsweringMember, AskingMember, Block, SourceFormat,
+};
 
 fn record(question: &str, answer: &str) -> AnswerRecord {
     AnswerRecord {
@@ -23,9 +25,14 @@ fn record(question: &str, answer: &str) -> AnswerRecord {
                 text: answer.into(),
             }],
         },
+        answer_source: AnswerSource {
+            format: SourceFormat::Text,
+            text: answer.into(),
+        },
         forces: vec![],
         unknown_forces: vec![],
         feed_position: None,
+        api: None,
     }
 }
 

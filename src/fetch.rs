@@ -1,0 +1,496 @@
+//! The fetcher: the Parliament written questions API in, observations appended to the log out.
+//!
+//! One *cycle* reads every answer in a date range, from the watermark minus an overlap window up
+//! to today, in windows of `window_days`, oldest first. Each window is read twice, by answer date
+//! and by correction date, page by page; records the list endpoint cut short are completed by id
+//! before they are logged; each page's observations are appended (and flushed) before the next
+//! page is requested. The watermark is stored beside the log and advanced only after a window is
+//! complete, so a failed or interrupted cycle resumes where it stopped, and idempotency makes the
+//! re-read free of duplicates.
+//!
+//! Paging is by `skip`/`take`, which shifts when answers arrive or disappear while we page. Each
+//! page overlaps the previous by one record; if that record is not where it should be, or the
+//! total changed, the window is swept again (bounded), so nothing is skipped.
+
+pub mod client;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+
+use chrono::{Days, NaiveDate};
+use futures_util::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::event::{Observation, Payload, Source};
+use crate::log::{Appended, EventLog, LogError};
+use crate::parse::api::ApiItem;
+use crate::shutdown::Shutdown;
+
+pub use client::{ApiClient, DateField, ListQuery};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("bad base URL {url:?}: {why}")]
+    BadBaseUrl { url: String, why: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("{url}: gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: malformed page: {why}")]
+    MalformedPage { url: String, why: String },
+    #[error("{url}: the record by id is still cut short or unusable: {why}")]
+    Incomplete { url: String, why: String },
+    #[error("interrupted by shutdown")]
+    Interrupted,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("fetch state: {0}")]
+    State(String),
+}
+
+const STATE_TREE: &str = "fetch_state";
+/// Sweeps of one window before accepting that the source keeps changing under us.
+const MAX_SWEEPS: u32 = 3;
+
+/// What is stored per source: how far it is complete, and the last cycle's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// Every answer up to and including this date has been read (modulo late corrections, which
+    /// the overlap window catches).
+    #[serde(default)]
+    pub watermark: Option<NaiveDate>,
+    #[serde(default)]
+    pub last_cycle: Option<CycleReport>,
+}
+
+/// Options for one cycle.
+#[derive(Debug, Clone, Default)]
+pub struct CycleOptions {
+    /// Read from this date instead of the watermark minus the overlap (a backfill).
+    pub since: Option<NaiveDate>,
+    /// Read up to this date instead of today.
+    pub until: Option<NaiveDate>,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+/// Figures of one cycle, also logged in its span.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CycleReport {
+    pub started_at: String,
+    pub finished_at: String,
+    /// "ok", "interrupted" or "failed: ...".
+    pub outcome: String,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub windows_completed: u32,
+    pub pages: u64,
+    pub records_seen: u64,
+    pub completed_by_id: u64,
+    pub appended: u64,
+    pub already_known: u64,
+    pub quarantined: u64,
+    pub retries: u64,
+    pub sweeps_repeated: u64,
+    pub watermark: Option<NaiveDate>,
+}
+
+/// The key under which a source's state is kept: the base URL and the filters, so that a
+/// different house or body filter has a watermark of its own.
+pub fn source_id(client: &ApiClient, config: &crate::config::FetchConfig) -> String {
+    let mut bodies = config.answering_bodies.clone();
+    bodies.sort_unstable();
+    format!(
+        "api {} house={} bodies={:?}",
+        client.base_url().as_str().trim_end_matches('/'),
+        config.house,
+        bodies
+    )
+}
+
+pub fn load_state(log: &EventLog, source: &str) -> Result<SourceState, FetchError> {
+    let tree = log.db().open_tree(STATE_TREE).map_err(LogError::from)?;
+    match tree.get(source.as_bytes()).map_err(LogError::from)? {
+        None => Ok(SourceState::default()),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| FetchError::State(format!("state of {source:?} does not decode: {e}"))),
+    }
+}
+
+/// Every source's state, for `status`.
+pub fn all_states(log: &EventLog) -> Result<Vec<(String, SourceState)>, FetchError> {
+    let tree = log.db().open_tree(STATE_TREE).map_err(LogError::from)?;
+    let mut states = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry.map_err(LogError::from)?;
+        let state = serde_json::from_slice(&value)
+            .map_err(|e| FetchError::State(format!("stored state does not decode: {e}")))?;
+        states.push((String::from_utf8_lossy(&key).into_owned(), state));
+    }
+    Ok(states)
+}
+
+fn save_state(log: &EventLog, source: &str, state: &SourceState) -> Result<(), FetchError> {
+    let tree = log.db().open_tree(STATE_TREE).map_err(LogError::from)?;
+    let bytes = serde_json::to_vec(state).map_err(|e| FetchError::State(e.to_string()))?;
+    tree.insert(source.as_bytes(), bytes)
+        .map_err(LogError::from)?;
+    // Acknowledged progress must survive a crash: flush before going on.
+    log.flush()?;
+    Ok(())
+}
+
+/// The windows a cycle reads, oldest first, each `window_days` long (the last may be shorter).
+pub fn windows(from: NaiveDate, to: NaiveDate, window_days: u32) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out = Vec::new();
+    let mut start = from;
+    let span = u64::from(window_days.max(1));
+    while start <= to {
+        let end = start
+            .checked_add_days(Days::new(span - 1))
+            .map_or(to, |e| e.min(to));
+        out.push((start, end));
+        match end.checked_add_days(Days::new(1)) {
+            Some(next) => start = next,
+            None => break,
+        }
+    }
+    out
+}
+
+/// Runs one fetch cycle. Returns the report whatever the outcome; the error, if any, is in
+/// `outcome` and also returned so callers can exit non-zero.
+pub async fn run_cycle(
+    log: &mut EventLog,
+    client: &ApiClient,
+    config: &crate::config::FetchConfig,
+    options: &CycleOptions,
+    shutdown: &Shutdown,
+) -> (CycleReport, Result<(), FetchError>) {
+    let source = source_id(client, config);
+    let cycle_id = format!("{:08x}", fastrand::u32(..));
+    let span = tracing::info_span!("cycle", id = %cycle_id, source = %source);
+    cycle_with_report(log, client, config, options, shutdown, source)
+        .instrument(span)
+        .await
+}
+
+async fn cycle_with_report(
+    log: &mut EventLog,
+    client: &ApiClient,
+    config: &crate::config::FetchConfig,
+    options: &CycleOptions,
+    shutdown: &Shutdown,
+    source: String,
+) -> (CycleReport, Result<(), FetchError>) {
+    let mut report = CycleReport {
+        started_at: crate::ingest::now_rfc3339(),
+        ..CycleReport::default()
+    };
+    let retries_before = client
+        .stats
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let result = cycle_inner(log, client, config, options, shutdown, &source, &mut report).await;
+    report.retries = client
+        .stats
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - retries_before;
+    report.finished_at = crate::ingest::now_rfc3339();
+    report.outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(FetchError::Interrupted) => "interrupted".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    // The last cycle's figures are kept even when it failed (the watermark is untouched then).
+    let stored = load_state(log, &source).and_then(|mut state| {
+        report.watermark = state.watermark;
+        state.last_cycle = Some(report.clone());
+        save_state(log, &source, &state)
+    });
+    let result = result.and(stored);
+    match &result {
+        Ok(()) | Err(FetchError::Interrupted) => tracing::info!(
+            outcome = %report.outcome,
+            pages = report.pages,
+            records = report.records_seen,
+            appended = report.appended,
+            known = report.already_known,
+            quarantined = report.quarantined,
+            retries = report.retries,
+            watermark = ?report.watermark,
+            "cycle finished"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            pages = report.pages,
+            records = report.records_seen,
+            appended = report.appended,
+            retries = report.retries,
+            "cycle failed"
+        ),
+    }
+    (report, result)
+}
+
+async fn cycle_inner(
+    log: &mut EventLog,
+    client: &ApiClient,
+    config: &crate::config::FetchConfig,
+    options: &CycleOptions,
+    shutdown: &Shutdown,
+    source: &str,
+    report: &mut CycleReport,
+) -> Result<(), FetchError> {
+    let mut state = load_state(log, source)?;
+    let today = chrono::Utc::now().date_naive();
+    let to = options.until.unwrap_or(today);
+    let from = match (options.since, state.watermark) {
+        (Some(since), _) => since,
+        (None, Some(watermark)) => watermark
+            .checked_sub_days(Days::new(u64::from(config.overlap_days)))
+            .unwrap_or(watermark),
+        (None, None) => to
+            .checked_sub_days(Days::new(u64::from(config.first_run_days)))
+            .unwrap_or(to),
+    };
+    report.from = Some(from);
+    report.to = Some(to);
+    let windows = windows(from, to, config.window_days);
+    let bar = progress_bar(options.progress, windows.len() as u64);
+    for (start, end) in windows {
+        for field in [DateField::Answered, DateField::Corrected] {
+            let query = ListQuery {
+                field,
+                from: start,
+                to: end,
+            };
+            read_window(log, client, &query, shutdown, report, &bar).await?;
+        }
+        report.windows_completed += 1;
+        if state.watermark.is_none_or(|w| w < end) {
+            state.watermark = Some(end);
+            save_state(log, source, &state)?;
+        }
+        bar.inc(1);
+        if shutdown.is_requested() {
+            return Err(FetchError::Interrupted);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn progress_bar(wanted: bool, windows: u64) -> indicatif::ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(windows);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} windows  {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Reads one window on one date field, page by page, sweeping again if the list shifted.
+async fn read_window(
+    log: &mut EventLog,
+    client: &ApiClient,
+    query: &ListQuery,
+    shutdown: &Shutdown,
+    report: &mut CycleReport,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), FetchError> {
+    // Ids already handled in this window: a re-sweep only pays for requests, not for work.
+    let mut done: HashSet<u64> = HashSet::new();
+    for sweep in 1..=MAX_SWEEPS {
+        let mut skip = 0u64;
+        let mut first_total = None;
+        let mut stable = true;
+        let mut previous_last: Option<u64> = None;
+        loop {
+            if shutdown.is_requested() {
+                return Err(FetchError::Interrupted);
+            }
+            let (url, page) = client.list_page(query, skip).await?;
+            let total = page.total_results.unwrap_or(0);
+            if *first_total.get_or_insert(total) != total {
+                stable = false;
+            }
+            report.pages += 1;
+            let ids: Vec<Option<u64>> = page
+                .items
+                .iter()
+                .map(|item| match item {
+                    ApiItem::Record { id, .. } => Some(*id),
+                    ApiItem::Quarantined { .. } => None,
+                })
+                .collect();
+            if let Some(last) = previous_last {
+                // The overlap record should open this page; anywhere else, the list moved.
+                if ids.first().copied().flatten() != Some(last) {
+                    stable = false;
+                }
+            }
+            let count = page.items.len() as u64;
+            handle_page(log, client, &url, page.items, skip, &mut done, report).await?;
+            bar.set_message(format!(
+                "{} {}..{}: {} pages, {} appended",
+                query.field.name(),
+                query.from,
+                query.to,
+                report.pages,
+                report.appended
+            ));
+            tracing::debug!(url = %url, records = count, total, "page");
+            if count == 0 || skip + count >= total {
+                break;
+            }
+            previous_last = ids.last().copied().flatten();
+            // Step back one so each page starts with the previous page's last record.
+            skip += if count > 1 && previous_last.is_some() {
+                count - 1
+            } else {
+                count
+            };
+        }
+        if stable {
+            return Ok(());
+        }
+        report.sweeps_repeated += 1;
+        tracing::info!(field = query.field.name(), from = %query.from, to = %query.to, sweep, "the list changed while paging; reading the window again");
+    }
+    tracing::warn!(field = query.field.name(), from = %query.from, to = %query.to, "the list kept changing; the next cycle's overlap will read this window again");
+    Ok(())
+}
+
+/// Completes cut-short records by id, turns the page into observations and appends them.
+async fn handle_page(
+    log: &mut EventLog,
+    client: &ApiClient,
+    url: &url::Url,
+    items: Vec<ApiItem>,
+    skip: u64,
+    done: &mut HashSet<u64>,
+    report: &mut CycleReport,
+) -> Result<(), FetchError> {
+    report.records_seen += items.len() as u64;
+    let mut pending: Vec<(u32, String, ApiItem)> = Vec::new();
+    let mut to_complete: Vec<(usize, u64)> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let position = u32::try_from(skip + index as u64).unwrap_or(u32::MAX);
+        match &item {
+            ApiItem::Record { id, .. } if done.contains(id) => continue,
+            ApiItem::Record { id, truncated, .. } => {
+                done.insert(*id);
+                if *truncated {
+                    to_complete.push((pending.len(), *id));
+                }
+            }
+            ApiItem::Quarantined { .. } => {}
+        }
+        pending.push((position, url.to_string(), item));
+    }
+    let completed: Vec<Result<(url::Url, ApiItem), FetchError>> = stream::iter(to_complete.iter())
+        .map(|(_, id)| client.record(*id))
+        .buffered(client.max_concurrent())
+        .collect()
+        .await;
+    for ((slot, id), result) in to_complete.iter().zip(completed) {
+        let (record_url, item) = result?;
+        if let ApiItem::Record {
+            id: got, truncated, ..
+        } = &item
+        {
+            if got != id {
+                return Err(FetchError::Incomplete {
+                    url: record_url.to_string(),
+                    why: format!("asked for record {id}, got {got}"),
+                });
+            }
+            if *truncated {
+                tracing::debug!(
+                    id,
+                    "the full record still ends in '...'; taking it as the answer"
+                );
+            }
+        }
+        report.completed_by_id += 1;
+        pending[*slot].1 = record_url.to_string();
+        pending[*slot].2 = item;
+    }
+    let observations: Vec<Observation> = pending
+        .into_iter()
+        .map(|(position, uri, item)| observation(uri, position, item))
+        .collect();
+    if observations.is_empty() {
+        return Ok(());
+    }
+    let recorded_at = crate::ingest::now_rfc3339();
+    let appended = log.append(observations, &recorded_at)?;
+    for outcome in &appended.outcomes {
+        match outcome {
+            Appended::New { kind, .. } => {
+                report.appended += 1;
+                if *kind == "record_quarantined" {
+                    report.quarantined += 1;
+                }
+            }
+            Appended::Known { .. } => report.already_known += 1,
+        }
+    }
+    Ok(())
+}
+
+/// An API item as an observation. `uri` is the page or record URL it came from.
+pub fn observation(uri: String, position: u32, item: ApiItem) -> Observation {
+    let payload = match item {
+        ApiItem::Record { record, .. } => Payload::Answer(record),
+        ApiItem::Quarantined { reason, raw } => Payload::Unparseable {
+            reason,
+            raw: raw.into_bytes(),
+        },
+    };
+    Observation {
+        source: Source {
+            uri,
+            position: Some(position),
+            line: None,
+        },
+        payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn windows_cover_the_range_without_gaps_or_overlaps() {
+        let w = windows(d("2025-01-01"), d("2025-03-05"), 31);
+        assert_eq!(
+            w,
+            vec![
+                (d("2025-01-01"), d("2025-01-31")),
+                (d("2025-02-01"), d("2025-03-03")),
+                (d("2025-03-04"), d("2025-03-05")),
+            ]
+        );
+        assert_eq!(windows(d("2025-01-01"), d("2025-01-01"), 7).len(), 1);
+        assert!(windows(d("2025-01-02"), d("2025-01-01"), 7).is_empty());
+    }
+}
