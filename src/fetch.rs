@@ -352,7 +352,7 @@ async fn read_window(
                 report.pages,
                 report.appended
             ));
-            tracing::debug!(url = %url, records = count, total, "page");
+            tracing::info!(url = %url, records = count, total, appended = report.appended, "page");
             if count == 0 || skip + count >= total {
                 break;
             }

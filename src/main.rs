@@ -176,7 +176,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::resolve(cli.config.as_deref(), &|name| std::env::var(name).ok())?;
-    init_tracing(&config, cli.verbose);
+    // The daemon's log is its only voice: it reports cycles at info unless told otherwise.
+    let floor = if matches!(cli.command, Command::Daemon { .. }) {
+        1
+    } else {
+        0
+    };
+    init_tracing(&config, cli.verbose.max(floor));
     let data_dir = cli
         .data_dir
         .clone()

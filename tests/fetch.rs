@@ -1,0 +1,632 @@
+//! End-to-end: the built binary fetching from a real HTTP server on 127.0.0.1 that serves the
+//! recorded API fixtures (`tests/fixtures/api/`) and misbehaves on command.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::api_server::{ApiServer, Fault};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/api");
+
+fn fixture(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+/// A data dir and a config for fast tests: small pages, short backoff and timeouts. `extra` is
+/// `key = value` lines for the `[fetch]` section that replace these.
+fn env(extra: &str) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("answerfeed.toml");
+    let mut settings: Vec<(String, String)> = [
+        ("page_size", "3"),
+        ("window_days", "31"),
+        ("initial_backoff_ms", "20"),
+        ("max_backoff_secs", "1"),
+        ("max_attempts", "4"),
+        ("read_timeout_secs", "1"),
+        ("connect_timeout_secs", "2"),
+        ("timezone", "\"UTC\""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once('=').unwrap();
+        let key = key.trim().to_string();
+        settings.retain(|(k, _)| *k != key);
+        settings.push((key, value.trim().to_string()));
+    }
+    let body: String = settings
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
+    std::fs::write(&config, format!("[fetch]\n{body}")).unwrap();
+    Env {
+        _tmp: tmp,
+        data,
+        config,
+    }
+}
+
+fn bin(env: &Env) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_answerfeed"));
+    cmd.env_remove("ANSWERFEED_DATA_DIR")
+        .env_remove("ANSWERFEED_CONFIG")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--data-dir")
+        .arg(&env.data)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(env: &Env, args: &[&str]) -> Output {
+    bin(env).args(args).output().expect("the binary runs")
+}
+
+fn fetch(env: &Env, server: &ApiServer, extra: &[&str]) -> Output {
+    let base = server.base_url();
+    let mut args = vec!["fetch", "--once", "--json", "--base-url", base.as_str()];
+    // The fixtures end in March 2025; cycles end there unless a test says otherwise.
+    if !extra.contains(&"--until") {
+        args.extend_from_slice(&["--until", "2025-03-31"]);
+    }
+    args.extend_from_slice(extra);
+    run(env, &args)
+}
+
+fn report(o: &Output) -> Value {
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no report; stderr:\n{}", String::from_utf8_lossy(&o.stderr)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn events(env: &Env) -> Vec<Value> {
+    let out = ok(run(env, &["events", "--json"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn answer_ids(events: &[Value]) -> Vec<u64> {
+    let mut ids: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["event"]["record"]["api_id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// A first backfill logs every answer once, whole, in date order.
+#[test]
+fn first_backfill_then_a_cycle_with_nothing_new() {
+    let questions = fixture("questions.json");
+    let server = ApiServer::start(questions.clone());
+    server.set_truncate_list_text_over(Some(200));
+    let env = env("");
+
+    let first = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(first["outcome"], "ok");
+    assert_eq!(first["appended"], 10);
+    assert_eq!(first["quarantined"], 0);
+    assert!(first["completed_by_id"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["watermark"], "2025-03-31");
+
+    let all = events(&env);
+    assert_eq!(all.len(), 10);
+    assert!(kinds(&all).iter().all(|k| k == "answer_observed"));
+    // Nothing cut short entered the log: every answer is the fixture's whole text.
+    for event in &all {
+        let record = &event["event"]["record"];
+        let id = record["api_id"].as_u64().unwrap();
+        let original = questions.iter().find(|q| q["id"] == id).unwrap();
+        assert_eq!(record["answer_source"]["text"], original["answerText"]);
+        assert_eq!(record["question_text"], original["questionText"]);
+    }
+    // Windows are read oldest first, so the log follows time window by window.
+    let start = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    let windows: Vec<i64> = all
+        .iter()
+        .map(|e| {
+            let date = &e["event"]["record"]["api"]["date_answered"]
+                .as_str()
+                .unwrap()[..10];
+            let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+            (date - start).num_days() / 31
+        })
+        .collect();
+    assert!(windows.windows(2).all(|w| w[0] <= w[1]), "{windows:?}");
+    assert_eq!(windows.first(), Some(&0));
+
+    // A polite client: it names itself and accepts gzip.
+    let requests = server.requests();
+    let first_request = &requests[0];
+    assert!(first_request
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("answerfeed/")));
+    assert!(first_request
+        .header("accept-encoding")
+        .is_some_and(|ae| ae.contains("gzip")));
+    assert_eq!(first_request.param("expandMember"), Some("true"));
+
+    // The second cycle starts from the watermark minus the overlap, and appends nothing.
+    let before = server.requests().len();
+    let second = report(&ok(fetch(&env, &server, &[])));
+    assert_eq!(second["appended"], 0);
+    assert!(second["already_known"].as_u64().unwrap() > 0, "{second}");
+    assert_eq!(events(&env).len(), 10);
+    let second_requests = &server.requests()[before..];
+    assert_eq!(
+        second_requests[0].param("answeredWhenFrom"),
+        Some("2025-03-24")
+    );
+    assert_eq!(second["from"], "2025-03-24");
+
+    let verify = ok(run(&env, &["verify"]));
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("ok: 10 events"));
+}
+
+#[test]
+fn a_corrected_answer_appends_one_correction_with_the_original_text() {
+    let server = ApiServer::start(fixture("questions.json"));
+    let env = env("");
+    ok(fetch(&env, &server, &["--since", "2025-01-01"]));
+    for record in fixture("correction.json") {
+        server.upsert(record);
+    }
+    let r = report(&ok(fetch(&env, &server, &[])));
+    assert_eq!(r["appended"], 1, "{r}");
+    let all = events(&env);
+    let last = all.last().unwrap();
+    assert_eq!(last["event"]["kind"], "answer_corrected");
+    assert!(last["event"]["original_answer_text"]
+        .as_str()
+        .unwrap()
+        .contains("up to 5 years"));
+    assert!(last["event"]["record"]["answer_source"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("up to five years"));
+    let previous = last["event"]["previous_seq"].as_u64().unwrap();
+    assert_eq!(
+        all[previous as usize - 1]["event"]["record"]["api_id"],
+        last["event"]["record"]["api_id"]
+    );
+    assert_eq!(report(&ok(fetch(&env, &server, &[])))["appended"], 0);
+}
+
+#[test]
+fn a_holding_answer_then_the_substantive_one() {
+    let server = ApiServer::start(fixture("questions.json"));
+    let env = env("");
+    let holding = fixture("holding.json");
+    server.upsert(holding[0].clone());
+    ok(fetch(&env, &server, &["--since", "2025-01-01"]));
+    let all = events(&env);
+    let held: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["event"]["record"]["api_id"] == 1700011)
+        .collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["event"]["kind"], "holding_answer_given");
+
+    server.upsert(holding[1].clone());
+    let r = report(&ok(fetch(&env, &server, &[])));
+    assert_eq!(r["appended"], 1, "{r}");
+    let last = events(&env).pop().unwrap();
+    assert_eq!(last["event"]["kind"], "answer_revised");
+    assert_eq!(last["event"]["record"]["api_id"], 1700011);
+    assert_eq!(last["event"]["previous_seq"], held[0]["seq"]);
+    let forces: Vec<&str> = last["event"]["record"]["forces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(forces.contains(&"cleveland"), "{forces:?}");
+}
+
+#[test]
+fn a_withdrawn_question() {
+    let server = ApiServer::start(fixture("questions.json"));
+    let env = env("");
+    ok(fetch(&env, &server, &["--since", "2025-01-01"]));
+    for record in fixture("withdrawn.json") {
+        server.upsert(record);
+    }
+    // Withdrawn after the overlap window had passed it: a backfill of the month sees it.
+    assert_eq!(
+        report(&ok(fetch(&env, &server, &["--since", "2025-03-01"])))["appended"],
+        1
+    );
+    let last = events(&env).pop().unwrap();
+    assert_eq!(last["event"]["kind"], "question_withdrawn");
+    assert_eq!(last["event"]["record"]["api"]["is_withdrawn"], true);
+}
+
+/// Answers published while we page shift `skip` under us; none may be missed.
+#[test]
+fn records_inserted_during_paging_are_not_skipped() {
+    let questions = fixture("questions.json");
+    let server = ApiServer::start(questions.clone());
+    let mut inserted = 0;
+    let template = questions[0].clone();
+    server.on_list_request(Box::new(move |records: &mut Vec<Value>, request| {
+        // On the second page request, three new answers appear at the top of the list.
+        if request.param("skip") != Some("0") && inserted == 0 {
+            for n in 0..3u64 {
+                let mut record = template.clone();
+                record["id"] = json!(1800000 + n);
+                record["uin"] = json!(format!("9900{n}"));
+                record["questionText"] = json!(format!("To ask a late question number {n}."));
+                record["dateAnswered"] = json!("2025-03-29T00:00:00");
+                records.push(record);
+            }
+            inserted = 3;
+        }
+    }));
+    // One window over all the fixtures, two records a page: five pages to shift under.
+    let env = env("page_size = 2\nwindow_days = 90\n");
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert!(r["sweeps_repeated"].as_u64().unwrap() >= 1, "{r}");
+    let ids = answer_ids(&events(&env));
+    let mut expected: Vec<u64> = questions
+        .iter()
+        .map(|q| q["id"].as_u64().unwrap())
+        .collect();
+    expected.extend([1800000, 1800001, 1800002]);
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every answer exactly once");
+}
+
+/// Answers that disappear while we page shift the list forward: the overlap notices, and the
+/// window is read again, so nothing behind the gap is skipped.
+#[test]
+fn records_removed_during_paging_do_not_make_us_skip() {
+    let questions = fixture("questions.json");
+    let server = ApiServer::start(questions.clone());
+    let mut removed = false;
+    server.on_list_request(Box::new(move |records: &mut Vec<Value>, request| {
+        if request.param("skip") == Some("2") && !removed {
+            // The two newest answers vanish after the first page was read.
+            records.sort_by(|a, b| b["dateAnswered"].as_str().cmp(&a["dateAnswered"].as_str()));
+            records.drain(..2);
+            removed = true;
+        }
+    }));
+    let env = env("page_size = 3\nwindow_days = 90\n");
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert!(r["sweeps_repeated"].as_u64().unwrap() >= 1, "{r}");
+    let mut expected: Vec<u64> = questions
+        .iter()
+        .map(|q| q["id"].as_u64().unwrap())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(answer_ids(&events(&env)), expected);
+}
+
+#[test]
+fn server_errors_are_retried_then_succeed() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.push_fault(Fault::Status(500));
+    server.push_fault(Fault::Status(503));
+    server.push_fault(Fault::Reset);
+    server.push_fault(Fault::TruncatedBody);
+    let env = env("max_attempts = 6\n");
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(r["retries"], 4, "{r}");
+    assert_eq!(r["appended"], 10);
+}
+
+#[test]
+fn too_many_requests_honours_retry_after() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.push_fault(Fault::TooManyRequests {
+        retry_after_secs: 2,
+    });
+    let env = env("");
+    let started = Instant::now();
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-03-01"])));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "waited only {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["retries"], 1);
+    let requests = server.requests();
+    assert_eq!(requests[0].param("skip"), requests[1].param("skip"));
+}
+
+#[test]
+fn a_hang_past_the_read_timeout_is_abandoned_and_retried() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.push_fault(Fault::Hang(Duration::from_secs(5)));
+    let env = env("");
+    let started = Instant::now();
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-03-01"])));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["retries"], 1, "{r}");
+}
+
+#[test]
+fn giving_up_leaves_the_watermark_and_the_next_cycle_resumes() {
+    let server = ApiServer::start(fixture("questions.json"));
+    let env = env("max_attempts = 3\n");
+    ok(fetch(
+        &env,
+        &server,
+        &["--since", "2025-01-01", "--until", "2025-01-31"],
+    ));
+    let watermark = report(&ok(fetch(
+        &env,
+        &server,
+        &["--since", "2025-01-01", "--until", "2025-01-31"],
+    )))["watermark"]
+        .clone();
+    assert_eq!(watermark, "2025-01-31");
+    for _ in 0..3 {
+        server.push_fault(Fault::Status(502));
+    }
+    let failed = fetch(&env, &server, &[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("gave up after 3 attempts"), "{stderr}");
+    let r = report(&failed);
+    assert!(r["outcome"].as_str().unwrap().starts_with("failed"));
+    assert_eq!(r["watermark"], "2025-01-31", "unchanged");
+    // The next cycle resumes from the same place and completes.
+    let resumed = report(&ok(fetch(&env, &server, &[])));
+    assert_eq!(resumed["from"], "2025-01-24");
+    assert_eq!(resumed["watermark"], "2025-03-31");
+    assert_eq!(answer_ids(&events(&env)).len(), 10);
+}
+
+#[test]
+fn a_malformed_page_fails_the_cycle_without_advancing() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.push_fault(Fault::MalformedBody);
+    let env = env("");
+    let out = fetch(&env, &server, &["--since", "2025-03-01"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("malformed page"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1
+    );
+    let r = report(&out);
+    assert_eq!(r["watermark"], Value::Null);
+    assert_eq!(r["retries"], 0);
+}
+
+#[test]
+fn a_malformed_record_is_quarantined_and_the_page_goes_on() {
+    let mut questions = fixture("questions.json");
+    let mut broken = questions[0].clone();
+    broken["id"] = json!(1799999);
+    broken["answeringBodyName"] = Value::Null;
+    broken["isWithdrawn"] = json!("maybe");
+    questions.push(broken);
+    let server = ApiServer::start(questions);
+    let env = env("");
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(r["quarantined"], 1, "{r}");
+    assert_eq!(r["appended"], 11);
+    let all = events(&env);
+    let quarantined: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["event"]["kind"] == "record_quarantined")
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0]["event"]["raw"]
+        .as_str()
+        .unwrap()
+        .contains("1799999"));
+    assert!(quarantined[0]["event"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("question 1799999"));
+    // Fetching again keeps it once.
+    assert_eq!(report(&ok(fetch(&env, &server, &[])))["appended"], 0);
+}
+
+#[test]
+fn recorded_api_data_replays_through_ingest_in_every_shape() {
+    let env = env("");
+    let page = Path::new(FIXTURES).join("page-1.json");
+    let out = ok(run(&env, &["ingest", "--json", page.to_str().unwrap()]));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["new_answers"], 10);
+    // The same records as JSON lines, and fetched over HTTP: all already known.
+    let lines = Path::new(FIXTURES).join("questions.jsonl");
+    let out = ok(run(
+        &env,
+        &[
+            "ingest",
+            "--format",
+            "api",
+            "--json",
+            lines.to_str().unwrap(),
+        ],
+    ));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["known"], 10);
+    assert_eq!(summary["appended"], 0);
+    let server = ApiServer::start(fixture("questions.json"));
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(r["appended"], 0, "{r}");
+}
+
+#[test]
+fn a_cut_short_record_in_a_recorded_file_is_quarantined_not_logged() {
+    let env = env("");
+    let mut record = fixture("questions.json").remove(0);
+    let text = record["answerText"].as_str().unwrap().to_string();
+    record["answerText"] = json!(format!("{}...", &text[..60]));
+    let file = env.data.parent().unwrap().join("cut.json");
+    std::fs::write(&file, serde_json::to_vec(&vec![record]).unwrap()).unwrap();
+    let out = ok(run(&env, &["ingest", file.to_str().unwrap()]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 quarantined"), "{text}");
+    assert!(text.contains("cut short"), "{text}");
+}
+
+#[test]
+fn check_config_validates_without_running() {
+    let env = env("");
+    let out = ok(run(&env, &["check-config"]));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("config ok"));
+    let bad = env.data.parent().unwrap().join("bad.toml");
+    std::fs::write(&bad, "[fetch]\nschedule = \"*/5 * * * *\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_answerfeed"))
+        .args(["--config", bad.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("\"0 */5 * * * *\""), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_answerfeed"))
+        .args(["check-config"])
+        .env("ANSWERFEED_FETCH_BASE_URL", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fetch.base_url"));
+}
+
+/// SIGTERM mid-cycle: the daemon finishes its page, flushes and exits 0; restarted, it goes on
+/// with no gap and no duplicate.
+#[test]
+fn the_daemon_stops_cleanly_on_sigterm_and_resumes() {
+    let questions = fixture("questions.json");
+    let server = ApiServer::start(questions.clone());
+    // Slow pages, so that the signal lands in the middle of a cycle.
+    server.on_list_request(Box::new(|_records, _request| {
+        std::thread::sleep(Duration::from_millis(150));
+    }));
+    let env =
+        env("schedule = \"* * * * * *\"\nfirst_run_days = 900\nwindow_days = 60\npage_size = 2\n");
+    let spawn = || {
+        bin(&env)
+            .args(["daemon", "--base-url", server.base_url().as_str()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = spawn();
+    let started = Instant::now();
+    // Signal once it is paging through a window that holds answers.
+    while !server
+        .requests()
+        .iter()
+        .any(|r| r.param("skip").is_some_and(|skip| skip != "0"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemon never paged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let waited = Instant::now();
+    let exit = loop {
+        if let Some(exit) = daemon.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = daemon.wait_with_output().unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(run(&env, &["verify"]));
+    let partial = answer_ids(&events(&env)).len();
+    assert!(
+        partial < 10,
+        "the signal should have landed mid-backfill ({partial} logged)"
+    );
+
+    // Restart and let it finish the backfill.
+    let mut daemon = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let reached_the_end = server
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/questions"))
+            .any(|r| {
+                r.param("answeredWhenTo")
+                    .is_some_and(|to| to >= "2026-11-01")
+            });
+        if reached_the_end || Instant::now() > deadline {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = daemon.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    ok(run(&env, &["verify"]));
+    let ids = answer_ids(&events(&env));
+    let mut expected: Vec<u64> = questions
+        .iter()
+        .map(|q| q["id"].as_u64().unwrap())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every answer exactly once after the restart");
+}
