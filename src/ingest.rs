@@ -94,6 +94,54 @@ impl FileSummary {
     pub fn appended(&self) -> usize {
         self.new_answers + self.revisions + self.quarantined
     }
+
+    /// Counts one append outcome; `quarantine` is (index, line, reason) for unparseable input.
+    fn count(&mut self, outcome: &Appended, quarantine: Option<(u32, u32, String)>) {
+        match outcome {
+            Appended::New { seq, kind, revises } => {
+                self.appended_seqs.push(*seq);
+                match (*kind, revises) {
+                    ("record_quarantined", _) => self.quarantined += 1,
+                    (_, true) => self.revisions += 1,
+                    (_, false) => self.new_answers += 1,
+                }
+            }
+            Appended::Known { .. } => self.known += 1,
+        }
+        if let Some((index, line, reason)) = quarantine {
+            self.quarantine_notes.push(QuarantineNote {
+                index,
+                line,
+                reason,
+                new: matches!(outcome, Appended::New { .. }),
+            });
+        }
+    }
+
+    fn add_unknown_forces(&mut self, record: &crate::record::AnswerRecord) {
+        for name in &record.unknown_forces {
+            if !self.unknown_forces.contains(name) {
+                self.unknown_forces.push(name.clone());
+            }
+        }
+    }
+
+    /// Orders the quarantine notes and logs the file's figures.
+    fn finish(&mut self, what: &str) {
+        self.quarantine_notes.sort_by_key(|n| n.index);
+        for note in self.quarantine_notes.iter().filter(|n| n.new) {
+            tracing::info!(source = %self.source, line = note.line, reason = %note.reason, "record quarantined");
+        }
+        tracing::info!(
+            source = %self.source,
+            records = self.records,
+            new_answers = self.new_answers,
+            revisions = self.revisions,
+            quarantined = self.quarantined,
+            known = self.known,
+            "{what}"
+        );
+    }
 }
 
 /// Reads and ingests one file.
@@ -179,11 +227,7 @@ pub fn ingest_api_items(
     positioned.sort_by_key(|(position, item)| (date_of(item), *position));
     for (_, item) in &positioned {
         if let ApiItem::Record { record, .. } = item {
-            for name in &record.unknown_forces {
-                if !summary.unknown_forces.contains(name) {
-                    summary.unknown_forces.push(name.clone());
-                }
-            }
+            summary.add_unknown_forces(record);
         }
     }
     let recorded_at = now_rfc3339();
@@ -203,38 +247,10 @@ pub fn ingest_api_items(
             .collect();
         let report = log.append(observations, &recorded_at)?;
         for (outcome, note) in report.outcomes.iter().zip(notes) {
-            let is_new = matches!(outcome, Appended::New { .. });
-            match outcome {
-                Appended::New { seq, kind } => {
-                    summary.appended_seqs.push(*seq);
-                    match *kind {
-                        "answer_observed" => summary.new_answers += 1,
-                        "record_quarantined" => summary.quarantined += 1,
-                        _ => summary.revisions += 1,
-                    }
-                }
-                Appended::Known { .. } => summary.known += 1,
-            }
-            if let Some((index, reason)) = note {
-                summary.quarantine_notes.push(QuarantineNote {
-                    index,
-                    line: 0,
-                    reason,
-                    new: is_new,
-                });
-            }
+            summary.count(outcome, note.map(|(index, reason)| (index, 0, reason)));
         }
     }
-    summary.quarantine_notes.sort_by_key(|n| n.index);
-    tracing::info!(
-        source,
-        records = summary.records,
-        new_answers = summary.new_answers,
-        revisions = summary.revisions,
-        quarantined = summary.quarantined,
-        known = summary.known,
-        "ingested API data"
-    );
+    summary.finish("ingested API data");
     Ok(summary)
 }
 
@@ -274,11 +290,7 @@ pub fn ingest_text(
     };
     for item in &items {
         if let Outcome::Parsed(record) = &item.outcome {
-            for name in &record.unknown_forces {
-                if !summary.unknown_forces.contains(name) {
-                    summary.unknown_forces.push(name.clone());
-                }
-            }
+            summary.add_unknown_forces(record);
         }
     }
     for batch in items.chunks(BATCH_SIZE) {
@@ -286,41 +298,14 @@ pub fn ingest_text(
             batch.iter().map(|item| observation(source, item)).collect();
         let report = log.append(observations, &recorded_at)?;
         for (item, outcome) in batch.iter().zip(&report.outcomes) {
-            let is_new = matches!(outcome, Appended::New { .. });
-            match outcome {
-                Appended::New { seq, kind } => {
-                    summary.appended_seqs.push(*seq);
-                    match *kind {
-                        "answer_observed" => summary.new_answers += 1,
-                        "answer_revised" => summary.revisions += 1,
-                        _ => summary.quarantined += 1,
-                    }
-                }
-                Appended::Known { .. } => summary.known += 1,
-            }
-            if let Outcome::Quarantined(q) = &item.outcome {
-                summary.quarantine_notes.push(QuarantineNote {
-                    index: item.position.index,
-                    line: item.line,
-                    reason: q.reason.clone(),
-                    new: is_new,
-                });
-            }
+            let quarantine = match &item.outcome {
+                Outcome::Quarantined(q) => Some((item.position.index, item.line, q.reason.clone())),
+                Outcome::Parsed(_) => None,
+            };
+            summary.count(outcome, quarantine);
         }
     }
-    summary.quarantine_notes.sort_by_key(|n| n.index);
-    for note in summary.quarantine_notes.iter().filter(|n| n.new) {
-        tracing::info!(source, line = note.line, reason = %note.reason, "record quarantined");
-    }
-    tracing::info!(
-        source,
-        records = summary.records,
-        new_answers = summary.new_answers,
-        revisions = summary.revisions,
-        quarantined = summary.quarantined,
-        known = summary.known,
-        "ingested"
-    );
+    summary.finish("ingested");
     Ok(summary)
 }
 

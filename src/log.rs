@@ -58,8 +58,13 @@ pub enum LogError {
 /// The outcome of appending one observation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
-    /// A new event, with its sequence number and kind.
-    New { seq: u64, kind: &'static str },
+    /// A new event, with its sequence number and kind; `revises` when it follows earlier content
+    /// of the same question.
+    New {
+        seq: u64,
+        kind: &'static str,
+        revises: bool,
+    },
     /// Already in the log (same question, same content): nothing appended.
     Known { seq: u64 },
 }
@@ -240,6 +245,7 @@ impl EventLog {
                 Payload::Unparseable { reason, raw } => quarantined(reason, raw),
             };
             let kind = event.kind();
+            let revises = event.previous_seq().is_some();
             let envelope = Envelope {
                 schema: SCHEMA_VERSION,
                 seq,
@@ -251,7 +257,7 @@ impl EventLog {
             batch.insert(event_key(seq).to_vec(), encode_envelope(&envelope)?);
             batch.insert(identity.clone(), seq.to_be_bytes().to_vec());
             pending_identities.insert(identity, seq);
-            report.outcomes.push(Appended::New { seq, kind });
+            report.outcomes.push(Appended::New { seq, kind, revises });
             next += 1;
         }
 

@@ -89,15 +89,18 @@ fn appending_the_same_observations_twice_appends_once() {
         vec![
             Appended::New {
                 seq: 1,
-                kind: "answer_observed"
+                kind: "answer_observed",
+                revises: false
             },
             Appended::New {
                 seq: 2,
-                kind: "answer_observed"
+                kind: "answer_observed",
+                revises: false
             },
             Appended::New {
                 seq: 3,
-                kind: "record_quarantined"
+                kind: "record_quarantined",
+                revises: false
             },
         ]
     );
@@ -140,7 +143,8 @@ fn a_changed_answer_appends_exactly_one_revision_pointing_at_the_previous() {
         vec![
             Appended::New {
                 seq: 2,
-                kind: "answer_revised"
+                kind: "answer_revised",
+                revises: true
             },
             Appended::Known { seq: 2 }
         ]
@@ -214,7 +218,8 @@ fn events_survive_reopening() {
             Appended::Known { seq: 2 },
             Appended::New {
                 seq: 3,
-                kind: "answer_observed"
+                kind: "answer_observed",
+                revises: false
             }
         ]
     );
