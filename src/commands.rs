@@ -10,12 +10,18 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::event::{Envelope, Event};
+use crate::event::{Flag, FlagDetail};
 use crate::ingest::{self, FileSummary, IngestError, IngestOptions};
 use crate::log::{EventLog, LogError, StoreOptions};
+use crate::project::{QuestionFilter, Views};
 use crate::record::{AnswerRecord, Block, FeedOrder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Project(#[from] crate::project::ProjectError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -152,38 +158,64 @@ fn record_line(r: &AnswerRecord) -> String {
     )
 }
 
-/// `answerfeed questions`: the latest content of every question, most recently changed first.
+/// `answerfeed questions`: the latest content of every question matching the filters, most
+/// recently changed first, from the views.
 pub fn questions(
     log: &EventLog,
+    filter: &QuestionFilter,
     limit: Option<usize>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    // Only the index entries (key, seq, hash) are gathered to sort; records are read one by one.
-    let mut heads = log.question_heads().collect::<Result<Vec<_>, _>>()?;
-    heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
-    for head in heads.into_iter().take(limit.unwrap_or(usize::MAX)) {
-        let envelope = log.get(head.seq)?.ok_or_else(|| LogError::Corrupt {
-            seq: head.seq,
-            problem: format!("the question index points at it for {}", head.question),
+    let views = Views::open(log)?;
+    for view in views.questions(filter).take(limit.unwrap_or(usize::MAX)) {
+        let view = view?;
+        let envelope = log.get(view.latest_seq)?.ok_or_else(|| LogError::Corrupt {
+            seq: view.latest_seq,
+            problem: format!("the views point at it for {}", view.question),
         })?;
         let Some(record) = envelope.event.record() else {
             continue;
         };
         if json {
             let value = json!({
-                "question": head.question,
-                "seq": head.seq,
+                "question": view.question,
+                "seq": view.latest_seq,
                 "kind": envelope.event.kind(),
-                "content_hash": head.content_hash,
+                "content_hash": envelope.content_hash,
+                "topics": view.topics,
+                "revisions": view.history.len().saturating_sub(1),
+                "flags": view.flags,
                 "record": record,
             });
             writeln!(out, "{value}")?;
         } else {
-            write_question(&head.question.to_string(), &envelope, record, out)?;
+            write_question(view.question.as_str(), &envelope, record, out)?;
+            let mut extra = Vec::new();
+            if !view.topics.is_empty() {
+                extra.push(format!("topics: {}", view.topics.join(", ")));
+            }
+            if view.history.len() > 1 {
+                extra.push(format!("{} versions", view.history.len()));
+            }
+            if !view.flags.is_empty() {
+                extra.push(format!("{} flags", view.flags.len()));
+            }
+            if !extra.is_empty() {
+                writeln!(out, "  {}", extra.join("; "))?;
+            }
         }
     }
     Ok(())
+}
+
+/// Resolves a force name as users type it ("Met", "Kent Police", "gwent") to its id.
+pub fn resolve_force(name: &str) -> Result<&'static crate::forces::Force, CommandError> {
+    crate::forces::lookup(name)
+        .or_else(|| crate::forces::by_id(name))
+        .ok_or_else(|| {
+            CommandError::Usage(format!("{name:?} is not a police force answerfeed knows"))
+        })
 }
 
 fn write_question(
@@ -279,7 +311,12 @@ pub fn verify(log: &EventLog, json: bool, out: &mut dyn Write) -> Result<bool, C
 
 /// `answerfeed demo`: ingests the bundled sample into `dir` (which must be new or empty), ingests
 /// it again to show that nothing is appended twice, verifies the log and describes what it found.
-pub fn demo(dir: &Path, store: StoreOptions, out: &mut dyn Write) -> Result<(), CommandError> {
+pub fn demo(
+    dir: &Path,
+    store: StoreOptions,
+    config: &crate::config::Config,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
     if let Ok(mut entries) = std::fs::read_dir(dir) {
         if entries.next().is_some() {
             return Err(CommandError::Usage(format!(
@@ -356,17 +393,41 @@ pub fn demo(dir: &Path, store: StoreOptions, out: &mut dyn Write) -> Result<(), 
         }
     }
     writeln!(out)?;
+    let derived = crate::pipeline::derive(&mut log, config)?;
+    writeln!(
+        out,
+        "Flags raised by the diff module ({}):",
+        derived.diff.flags_raised
+    )?;
+    let views = Views::open(&log)?;
+    for seq in views.flag_seqs(None)? {
+        if let Some(Envelope {
+            event: Event::FlagRaised { flag },
+            ..
+        }) = log.get(seq)?
+        {
+            writeln!(
+                out,
+                "  #{seq} {}: {}",
+                flag.detail.kind(),
+                describe_flag(&flag)
+            )?;
+        }
+    }
+    writeln!(out)?;
     let again = ingest::ingest_text(
         &mut log,
         source,
         crate::BUNDLED_SAMPLE,
         FeedOrder::NewestFirst,
     )?;
+    let derived_again = crate::pipeline::derive(&mut log, config)?;
     writeln!(
         out,
-        "Ingested again: {} appended, {} already known (idempotent).",
+        "Ingested again: {} appended, {} already known, {} new flags (idempotent).",
         again.appended(),
-        again.known
+        again.known,
+        derived_again.diff.flags_raised
     )?;
     verify(&log, false, out)?;
     writeln!(out)?;
@@ -374,7 +435,16 @@ pub fn demo(dir: &Path, store: StoreOptions, out: &mut dyn Write) -> Result<(), 
     let d = dir.display();
     writeln!(out, "  answerfeed --data-dir {d} events")?;
     writeln!(out, "  answerfeed --data-dir {d} questions")?;
-    writeln!(out, "  answerfeed --data-dir {d} events --json --limit 1")?;
+    writeln!(
+        out,
+        "  answerfeed --data-dir {d} questions --topic domestic-abuse"
+    )?;
+    writeln!(
+        out,
+        "  answerfeed --data-dir {d} stats --force Metropolitan"
+    )?;
+    writeln!(out, "  answerfeed --data-dir {d} flags")?;
+    writeln!(out, "  answerfeed --data-dir {d} duplicates")?;
     Ok(())
 }
 
@@ -459,4 +529,489 @@ pub fn check_config(
         config.fetch.overlap_days, config.fetch.first_run_days
     )?;
     Ok(())
+}
+
+/// Terminal colours for diffs, or none when output is not a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub colour: bool,
+}
+
+impl Style {
+    fn deleted(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[31;9m{text}\x1b[0m")
+        } else {
+            format!("[-{text}-]")
+        }
+    }
+
+    fn inserted(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[32m{text}\x1b[0m")
+        } else {
+            format!("{{+{text}+}}")
+        }
+    }
+}
+
+/// A word diff for reading: changes with a few words of context, long unchanged runs elided.
+pub fn render_word_diff(changes: &[crate::event::WordChange], style: Style) -> String {
+    const CONTEXT: usize = 8;
+    let mut out = String::new();
+    let last = changes.len().saturating_sub(1);
+    for (i, change) in changes.iter().enumerate() {
+        match change.op.as_str() {
+            "delete" => out.push_str(&style.deleted(&change.text)),
+            "insert" => out.push_str(&style.inserted(&change.text)),
+            _ => {
+                let words: Vec<&str> = change.text.split_whitespace().collect();
+                let keep_start = if i == 0 { 0 } else { CONTEXT };
+                let keep_end = if i == last { 0 } else { CONTEXT };
+                if words.len() <= keep_start + keep_end + 1 {
+                    out.push_str(&change.text);
+                } else {
+                    let lead = if change.text.starts_with(char::is_whitespace) {
+                        " "
+                    } else {
+                        ""
+                    };
+                    let trail = if change.text.ends_with(char::is_whitespace) {
+                        " "
+                    } else {
+                        ""
+                    };
+                    out.push_str(lead);
+                    if keep_start > 0 {
+                        out.push_str(&words[..keep_start].join(" "));
+                        out.push(' ');
+                    }
+                    out.push('…');
+                    if keep_end > 0 {
+                        out.push(' ');
+                        out.push_str(&words[words.len() - keep_end..].join(" "));
+                    }
+                    out.push_str(trail);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One line saying what a flag found.
+pub fn describe_flag(flag: &Flag) -> String {
+    let about = flag
+        .question
+        .as_ref()
+        .map(|q| format!("{q}: "))
+        .unwrap_or_default();
+    let what = match &flag.detail {
+        FlagDetail::AnswerChanged {
+            previous_seq,
+            ratio,
+            changes,
+            ..
+        } => {
+            let deleted = changes.iter().filter(|c| c.op == "delete").count();
+            let inserted = changes.iter().filter(|c| c.op == "insert").count();
+            format!(
+                "answer changed since #{previous_seq} ({deleted} deletions, {inserted} insertions, similarity {ratio:.3})"
+            )
+        }
+        FlagDetail::TrackedListChanged {
+            title,
+            added,
+            removed,
+            set,
+            previous_seq,
+            late,
+            ..
+        } => {
+            let mut parts = Vec::new();
+            if !removed.is_empty() {
+                parts.push(format!("removed {}", removed.join(", ")));
+            }
+            if !added.is_empty() {
+                parts.push(format!("added {}", added.join(", ")));
+            }
+            format!(
+                "{title}: {} since #{previous_seq}{}; now {}",
+                parts.join("; "),
+                if *late { " (arrived late)" } else { "" },
+                set.join(", ")
+            )
+        }
+        FlagDetail::DuplicateAnswer {
+            of_question,
+            of_seq,
+            exact,
+            ratio,
+            ..
+        } => {
+            if *exact {
+                format!("same answer as {of_question} (#{of_seq})")
+            } else {
+                format!("nearly the same answer as {of_question} (#{of_seq}, similarity {ratio:.3})")
+            }
+        }
+        FlagDetail::FigureChanged {
+            force,
+            period,
+            measure,
+            previous_value,
+            value,
+            previous_question,
+            previous_seq,
+            ..
+        } => format!(
+            "{force}, {period}, {measure}: {value} here, {previous_value} in {previous_question} (#{previous_seq})"
+        ),
+        FlagDetail::TotalMismatch {
+            table,
+            column,
+            group,
+            stated,
+            summed,
+            ..
+        } => format!(
+            "table {}: the total{} of column {column:?} says {stated} but its rows sum to {summed}",
+            table + 1,
+            if group.is_empty() {
+                String::new()
+            } else {
+                format!(" for {group}")
+            }
+        ),
+    };
+    format!("{about}{what}")
+}
+
+/// `answerfeed flags [--kind K] [--since DATE]`.
+pub fn flags(
+    log: &EventLog,
+    kind: Option<&str>,
+    since: Option<chrono::NaiveDate>,
+    json: bool,
+    style: Style,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    if let Some(kind) = kind {
+        if !crate::event::FLAG_KINDS.contains(&kind) {
+            return Err(CommandError::Usage(format!(
+                "unknown flag kind {kind:?}; kinds: {}",
+                crate::event::FLAG_KINDS.join(", ")
+            )));
+        }
+    }
+    let views = Views::open(log)?;
+    let since = since.map(|d| d.format("%Y-%m-%d").to_string());
+    for seq in views.flag_seqs(kind)? {
+        let Some(envelope) = log.get(seq)? else {
+            continue;
+        };
+        if since
+            .as_deref()
+            .is_some_and(|s| envelope.recorded_at.as_str() < s)
+        {
+            continue;
+        }
+        let Event::FlagRaised { flag } = &envelope.event else {
+            continue;
+        };
+        if json {
+            serde_json::to_writer(&mut *out, &envelope).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+            continue;
+        }
+        writeln!(
+            out,
+            "#{seq} {} {}  {}",
+            &envelope.recorded_at[..envelope.recorded_at.len().min(10)],
+            flag.detail.kind(),
+            describe_flag(flag)
+        )?;
+        if let FlagDetail::AnswerChanged { changes, .. } = &flag.detail {
+            writeln!(out, "    {}", render_word_diff(changes, style))?;
+        }
+    }
+    Ok(())
+}
+
+/// `answerfeed show ID`: a question's latest answer, its versions and its flags.
+pub fn show(
+    log: &EventLog,
+    id: &str,
+    json: bool,
+    style: Style,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let views = Views::open(log)?;
+    let view = views.resolve(id)?.ok_or_else(|| {
+        CommandError::Usage(format!(
+            "no question {id:?} (use a key from 'questions', or an API id)"
+        ))
+    })?;
+    let envelope = log.get(view.latest_seq)?.ok_or_else(|| LogError::Corrupt {
+        seq: view.latest_seq,
+        problem: format!("the views point at it for {}", view.question),
+    })?;
+    let flag_events: Vec<Envelope> = view
+        .flags
+        .iter()
+        .filter_map(|seq| log.get(*seq).transpose())
+        .collect::<Result<_, _>>()?;
+    if json {
+        let value = json!({
+            "view": view,
+            "latest": envelope,
+            "flags": flag_events,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    let Some(record) = envelope.event.record() else {
+        return Ok(());
+    };
+    write_question(view.question.as_str(), &envelope, record, out)?;
+    if let Some(url) = record.api.as_ref().and_then(|a| a.url.as_deref()) {
+        writeln!(out, "  {url}")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", record.answer.plain_text())?;
+    writeln!(out)?;
+    writeln!(out, "Versions:")?;
+    for entry in &view.history {
+        writeln!(out, "  #{} {} {}", entry.seq, entry.recorded_at, entry.kind)?;
+    }
+    if !flag_events.is_empty() {
+        writeln!(out, "Flags:")?;
+        for e in &flag_events {
+            if let Event::FlagRaised { flag } = &e.event {
+                writeln!(
+                    out,
+                    "  #{} {}  {}",
+                    e.seq,
+                    flag.detail.kind(),
+                    describe_flag(flag)
+                )?;
+                if let FlagDetail::AnswerChanged { changes, .. } = &flag.detail {
+                    writeln!(out, "    {}", render_word_diff(changes, style))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `answerfeed stats --force F [--measure M]`.
+pub fn stats(
+    log: &EventLog,
+    force: &str,
+    measure: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let force = resolve_force(force)?;
+    let views = Views::open(log)?;
+    for row in views.stats(force.id, measure) {
+        let row = row?;
+        if json {
+            serde_json::to_writer(&mut *out, &row).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{} #{}",
+                row.stat.force,
+                if row.stat.period.is_empty() {
+                    "-"
+                } else {
+                    &row.stat.period
+                },
+                row.stat.measure,
+                row.stat.value,
+                row.question,
+                row.seq
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `answerfeed duplicates`: groups of answers given to more than one question.
+pub fn duplicates(log: &EventLog, json: bool, out: &mut dyn Write) -> Result<(), CommandError> {
+    let views = Views::open(log)?;
+    for (group, members) in views.duplicate_groups()? {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                json!({"group": group, "count": members.len(), "members": members})
+            )?;
+            continue;
+        }
+        let heading = views
+            .question(group.as_str())?
+            .and_then(|v| v.heading.clone())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "this answer was given {} times{}",
+            members.len(),
+            if heading.is_empty() {
+                String::new()
+            } else {
+                format!(" ({heading})")
+            }
+        )?;
+        for m in &members {
+            let how = if m.question == group {
+                "first".to_string()
+            } else if m.exact {
+                "identical".to_string()
+            } else {
+                format!("similarity {:.3}", m.ratio)
+            };
+            let asked = views
+                .question(m.question.as_str())?
+                .map(|v| format!("{} to the {}", v.asking_member, v.answering_body))
+                .unwrap_or_default();
+            writeln!(out, "  {}  {how}  {asked}", m.question)?;
+        }
+    }
+    Ok(())
+}
+
+/// `answerfeed export --format jsonl|csv --view questions|stats|flags`, streamed.
+pub fn export(
+    log: &EventLog,
+    format: &str,
+    view: &str,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let views = Views::open(log)?;
+    let csv = match format {
+        "csv" => true,
+        "jsonl" => false,
+        other => {
+            return Err(CommandError::Usage(format!(
+                "unknown export format {other:?} (jsonl or csv)"
+            )))
+        }
+    };
+    match view {
+        "questions" => {
+            if csv {
+                writeln!(out, "question,api_id,uin,date_answered,answering_body,asking_member,answering_member,kind,latest_seq,versions,topics,forces,flags,question_text,answer_text")?;
+            }
+            let filter = QuestionFilter::default();
+            for v in views.questions(&filter) {
+                let v = v?;
+                let envelope = log.get(v.latest_seq)?;
+                let record = envelope.as_ref().and_then(|e| e.event.record());
+                if csv {
+                    let fields = [
+                        v.question.0.clone(),
+                        v.api_id.map(|i| i.to_string()).unwrap_or_default(),
+                        v.uin.clone().unwrap_or_default(),
+                        v.date_answered.clone().unwrap_or_default(),
+                        v.answering_body.clone(),
+                        v.asking_member.clone(),
+                        v.answering_member.clone(),
+                        v.kind.clone(),
+                        v.latest_seq.to_string(),
+                        v.history.len().to_string(),
+                        v.topics.join(";"),
+                        v.forces.join(";"),
+                        v.flags.len().to_string(),
+                        record.map(|r| r.question_text.clone()).unwrap_or_default(),
+                        record.map(|r| r.answer.plain_text()).unwrap_or_default(),
+                    ];
+                    writeln!(out, "{}", csv_line(&fields))?;
+                } else {
+                    writeln!(out, "{}", json!({"view": v, "record": record}))?;
+                }
+            }
+        }
+        "stats" => {
+            if csv {
+                writeln!(
+                    out,
+                    "force_id,force,period,measure,value,question,seq,table,row"
+                )?;
+            }
+            for row in views.all_stats() {
+                let row = row?;
+                if csv {
+                    let fields = [
+                        row.stat.force_id.clone(),
+                        row.stat.force.clone(),
+                        row.stat.period.clone(),
+                        row.stat.measure.clone(),
+                        row.stat.value.to_string(),
+                        row.question.0.clone(),
+                        row.seq.to_string(),
+                        row.stat.table.to_string(),
+                        row.stat.row.to_string(),
+                    ];
+                    writeln!(out, "{}", csv_line(&fields))?;
+                } else {
+                    serde_json::to_writer(&mut *out, &row).map_err(std::io::Error::from)?;
+                    writeln!(out)?;
+                }
+            }
+        }
+        "flags" => {
+            if csv {
+                writeln!(out, "seq,recorded_at,kind,question,derived_from,summary")?;
+            }
+            for seq in views.flag_seqs(None)? {
+                let Some(envelope) = log.get(seq)? else {
+                    continue;
+                };
+                let Event::FlagRaised { flag } = &envelope.event else {
+                    continue;
+                };
+                if csv {
+                    let fields = [
+                        seq.to_string(),
+                        envelope.recorded_at.clone(),
+                        flag.detail.kind().to_string(),
+                        flag.question
+                            .as_ref()
+                            .map(|q| q.0.clone())
+                            .unwrap_or_default(),
+                        flag.derived_from.to_string(),
+                        describe_flag(flag),
+                    ];
+                    writeln!(out, "{}", csv_line(&fields))?;
+                } else {
+                    serde_json::to_writer(&mut *out, &envelope).map_err(std::io::Error::from)?;
+                    writeln!(out)?;
+                }
+            }
+        }
+        other => {
+            return Err(CommandError::Usage(format!(
+                "unknown view {other:?} (questions, stats or flags)"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// One CSV record (RFC 4180: fields with commas, quotes or line breaks are quoted).
+fn csv_line(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

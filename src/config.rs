@@ -18,6 +18,44 @@ pub struct Config {
     pub store: StoreConfig,
     pub logging: LoggingConfig,
     pub fetch: FetchConfig,
+    pub diff: DiffConfig,
+    #[serde(default)]
+    pub topics: Vec<TopicConfig>,
+    #[serde(default)]
+    pub trackers: Vec<TrackerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffConfig {
+    pub near_duplicate_ratio: f64,
+    pub min_words: u32,
+    pub max_candidates: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    pub name: String,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub answering_bodies: Vec<String>,
+    #[serde(default)]
+    pub any_police_force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerConfig {
+    pub name: String,
+    pub title: String,
+    pub subject: Vec<String>,
+    pub sentence: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub extra_entities: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -195,6 +233,27 @@ impl Config {
             if value < min || value > max {
                 return Err(invalid(format!(
                     "{name} must be between {min} and {max}, not {value}"
+                )));
+            }
+        }
+        let ratio = self.diff.near_duplicate_ratio;
+        if !(0.5..=1.0).contains(&ratio) {
+            return Err(invalid(format!(
+                "diff.near_duplicate_ratio must be between 0.5 and 1.0, not {ratio}"
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for tracker in &self.trackers {
+            if tracker.name.trim().is_empty() || !names.insert(tracker.name.clone()) {
+                return Err(invalid(format!(
+                    "tracker names must be present and unique ({:?})",
+                    tracker.name
+                )));
+            }
+            if tracker.subject.is_empty() || tracker.sentence.is_empty() {
+                return Err(invalid(format!(
+                    "tracker {:?} needs at least one subject and one sentence phrase",
+                    tracker.name
                 )));
             }
         }

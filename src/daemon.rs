@@ -9,10 +9,18 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::FetchConfig;
+use crate::config::Config;
 use crate::fetch::{self, ApiClient, CycleOptions, FetchError};
 use crate::log::EventLog;
 use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+}
 
 /// A cron expression with the time zone it is read in.
 #[derive(Debug, Clone)]
@@ -62,10 +70,11 @@ impl Schedule {
 pub async fn run(
     log: &mut EventLog,
     client: &ApiClient,
-    config: &FetchConfig,
+    full_config: &Config,
     schedule: &Schedule,
     shutdown: &Shutdown,
-) -> Result<(), FetchError> {
+) -> Result<(), DaemonError> {
+    let config = &full_config.fetch;
     tracing::info!(schedule = %config.schedule, timezone = %config.timezone, "daemon started");
     loop {
         let Some(next) = schedule.next_after(Utc::now()) else {
@@ -80,18 +89,20 @@ pub async fn run(
         }
         let options = CycleOptions::default();
         let (_report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
+        // Whatever reached the log, even in a failed cycle, is flagged and projected now.
+        crate::pipeline::derive(log, full_config)?;
         match result {
             Ok(()) => {}
             Err(FetchError::Interrupted) => break,
             // A lost log is not something the next tick can fix.
-            Err(FetchError::Log(e)) => return Err(FetchError::Log(e)),
+            Err(FetchError::Log(e)) => return Err(FetchError::Log(e).into()),
             Err(_) => {}
         }
         if shutdown.is_requested() {
             break;
         }
     }
-    log.flush()?;
+    log.flush().map_err(FetchError::from)?;
     tracing::info!("daemon stopped");
     Ok(())
 }

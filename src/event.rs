@@ -130,6 +130,9 @@ pub enum Event {
         previous_seq: Option<u64>,
         record: Box<AnswerRecord>,
     },
+    /// Something the diff module noticed (a correction's word diff, a tracked list that changed, a
+    /// duplicate, a figure that changed, a total that does not add up).
+    FlagRaised { flag: Flag },
     /// Input that could not be parsed, kept whole with the reason.
     RecordQuarantined {
         reason: String,
@@ -148,7 +151,106 @@ pub const KINDS: &[&str] = &[
     "holding_answer_given",
     "answer_corrected",
     "question_withdrawn",
+    "flag_raised",
     "record_quarantined",
+];
+
+/// A flag raised by the diff module about one or more events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flag {
+    /// The event whose arrival raised the flag.
+    pub derived_from: u64,
+    /// The question the flag is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<QuestionKey>,
+    #[serde(flatten)]
+    pub detail: FlagDetail,
+}
+
+/// One word-diff operation, as stored with a correction flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordChange {
+    /// "equal", "delete" or "insert".
+    pub op: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "flag", rename_all = "snake_case")]
+pub enum FlagDetail {
+    /// The answer's text changed (a revision or correction), with the word diff.
+    AnswerChanged {
+        previous_seq: u64,
+        previous_kind: String,
+        /// similar's ratio of the two texts (1.0 = identical).
+        ratio: f64,
+        changes: Vec<WordChange>,
+    },
+    /// A tracked list of entities differs from the previous answer on the subject.
+    TrackedListChanged {
+        tracker: String,
+        title: String,
+        previous_question: QuestionKey,
+        previous_seq: u64,
+        added: Vec<String>,
+        removed: Vec<String>,
+        /// The whole list now.
+        set: Vec<String>,
+        /// The answer arrived after a later-dated one (it is compared with its predecessor in
+        /// date order, not with the latest).
+        #[serde(default)]
+        late: bool,
+    },
+    /// The answer repeats (exactly or nearly) an answer to a different question.
+    DuplicateAnswer {
+        of_question: QuestionKey,
+        of_seq: u64,
+        /// The first question of the group of answers that repeat each other.
+        group: QuestionKey,
+        exact: bool,
+        ratio: f64,
+    },
+    /// The same figure (force, period, measure) with a different value than an earlier answer.
+    FigureChanged {
+        force_id: String,
+        force: String,
+        period: String,
+        measure: String,
+        previous_value: f64,
+        value: f64,
+        previous_question: QuestionKey,
+        previous_seq: u64,
+    },
+    /// A table's total row is not the sum of the rows it totals.
+    TotalMismatch {
+        table: usize,
+        row: usize,
+        column: String,
+        group: String,
+        stated: f64,
+        summed: f64,
+    },
+}
+
+impl FlagDetail {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlagDetail::AnswerChanged { .. } => "answer_changed",
+            FlagDetail::TrackedListChanged { .. } => "tracked_list_changed",
+            FlagDetail::DuplicateAnswer { .. } => "duplicate_answer",
+            FlagDetail::FigureChanged { .. } => "figure_changed",
+            FlagDetail::TotalMismatch { .. } => "total_mismatch",
+        }
+    }
+}
+
+/// Every flag kind, for `flags --kind`.
+pub const FLAG_KINDS: &[&str] = &[
+    "answer_changed",
+    "tracked_list_changed",
+    "duplicate_answer",
+    "figure_changed",
+    "total_mismatch",
 ];
 
 impl Event {
@@ -209,7 +311,20 @@ impl Event {
             Event::HoldingAnswerGiven { .. } => "holding_answer_given",
             Event::AnswerCorrected { .. } => "answer_corrected",
             Event::QuestionWithdrawn { .. } => "question_withdrawn",
+            Event::FlagRaised { .. } => "flag_raised",
             Event::RecordQuarantined { .. } => "record_quarantined",
+        }
+    }
+
+    /// The question part of the identity the log's idempotency index keeps for this event.
+    pub fn identity_question(&self) -> QuestionKey {
+        match self {
+            Event::FlagRaised { .. } => QuestionKey(FLAG_IDENTITY.to_string()),
+            Event::RecordQuarantined { .. } => QuestionKey(QUARANTINE_IDENTITY.to_string()),
+            other => other
+                .question()
+                .cloned()
+                .unwrap_or_else(|| QuestionKey(QUARANTINE_IDENTITY.to_string())),
         }
     }
 
@@ -220,7 +335,7 @@ impl Event {
             | Event::HoldingAnswerGiven { question, .. }
             | Event::AnswerCorrected { question, .. }
             | Event::QuestionWithdrawn { question, .. } => Some(question),
-            Event::RecordQuarantined { .. } => None,
+            Event::FlagRaised { .. } | Event::RecordQuarantined { .. } => None,
         }
     }
 
@@ -231,7 +346,7 @@ impl Event {
             | Event::HoldingAnswerGiven { record, .. }
             | Event::AnswerCorrected { record, .. }
             | Event::QuestionWithdrawn { record, .. } => Some(record),
-            Event::RecordQuarantined { .. } => None,
+            Event::FlagRaised { .. } | Event::RecordQuarantined { .. } => None,
         }
     }
 
@@ -242,7 +357,9 @@ impl Event {
             Event::HoldingAnswerGiven { previous_seq, .. }
             | Event::AnswerCorrected { previous_seq, .. }
             | Event::QuestionWithdrawn { previous_seq, .. } => *previous_seq,
-            Event::AnswerObserved { .. } | Event::RecordQuarantined { .. } => None,
+            Event::AnswerObserved { .. }
+            | Event::FlagRaised { .. }
+            | Event::RecordQuarantined { .. } => None,
         }
     }
 }
@@ -258,7 +375,11 @@ pub struct Observation {
 pub enum Payload {
     Answer(Box<AnswerRecord>),
     Unparseable { reason: String, raw: Vec<u8> },
+    Flag(Box<Flag>),
 }
+
+const QUARANTINE_IDENTITY: &str = "quarantine";
+const FLAG_IDENTITY: &str = "flag";
 
 impl Observation {
     /// The identity under which idempotency is decided, and the content hash.
@@ -269,8 +390,16 @@ impl Observation {
         match &self.payload {
             Payload::Answer(record) => (QuestionKey::of(record), fingerprint_answer(record)),
             Payload::Unparseable { raw, .. } => (
-                QuestionKey("quarantine".to_string()),
+                QuestionKey(QUARANTINE_IDENTITY.to_string()),
                 hex(&Sha256::digest(raw)),
+            ),
+            // A flag is identified by everything it says, including the event that raised it:
+            // the diff module re-deriving it after a crash appends nothing.
+            Payload::Flag(flag) => (
+                QuestionKey(FLAG_IDENTITY.to_string()),
+                hex(&Sha256::digest(
+                    serde_json::to_vec(flag).unwrap_or_default(),
+                )),
             ),
         }
     }

@@ -7,14 +7,20 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod diff;
 pub mod event;
 pub mod fetch;
 pub mod forces;
+pub mod gazetteer;
 pub mod ingest;
 pub mod log;
+pub mod overlay;
 pub mod parse;
+pub mod pipeline;
+pub mod project;
 pub mod record;
 pub mod shutdown;
+pub mod stats;
 
 /// The sample dump bundled with the binary for `answerfeed demo` (public parliamentary data).
 pub const BUNDLED_SAMPLE: &[u8] = include_bytes!("../tests/fixtures/written-answers-sample.txt");

@@ -243,6 +243,7 @@ impl EventLog {
                     Event::for_answer(question.clone(), record, previous)
                 }
                 Payload::Unparseable { reason, raw } => quarantined(reason, raw),
+                Payload::Flag(flag) => Event::FlagRaised { flag: *flag },
             };
             let kind = event.kind();
             let revises = event.previous_seq().is_some();
@@ -347,11 +348,7 @@ impl EventLog {
                 Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
                 Err(other) => return Err(other),
             };
-            let question = envelope
-                .event
-                .question()
-                .cloned()
-                .unwrap_or_else(|| QuestionKey("quarantine".to_string()));
+            let question = envelope.event.identity_question();
             let indexed = self
                 .tree
                 .get(identity_key(&question, &envelope.content_hash))?

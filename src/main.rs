@@ -13,6 +13,7 @@ use answerfeed::daemon::Schedule;
 use answerfeed::fetch::{ApiClient, FetchError};
 use answerfeed::ingest::{Format, IngestOptions};
 use answerfeed::log::{EventLog, StoreOptions};
+use answerfeed::project::QuestionFilter;
 use answerfeed::record::FeedOrder;
 use answerfeed::shutdown::Shutdown;
 
@@ -66,12 +67,59 @@ enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
     },
-    /// The answers currently known: the latest content of each question
+    /// The answers currently known (latest content of each question), newest first
     Questions {
+        /// Only questions in this topic (see [[topics]] in config)
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// Only questions to this answering body ("Home Office")
+        #[arg(long, value_name = "B")]
+        body: Option<String>,
+        /// Only questions asked by this member
+        #[arg(long, value_name = "M")]
+        member: Option<String>,
+        /// Only answers naming this police force ("Met", "Kent Police", ...)
+        #[arg(long, value_name = "F")]
+        force: Option<String>,
         /// Print at most N questions
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
     },
+    /// One question: its latest answer, its versions and its flags
+    Show {
+        /// A question key from 'questions' (api:..., txt:...) or an API id
+        id: String,
+    },
+    /// Figures from answer tables for one police force
+    Stats {
+        /// The force ("Metropolitan", "MPS", "Kent Police", ...)
+        #[arg(long, value_name = "F")]
+        force: String,
+        /// Only measures containing this text
+        #[arg(long, value_name = "M")]
+        measure: Option<String>,
+    },
+    /// What the diff module flagged: corrections, tracked lists, duplicates, figures, totals
+    Flags {
+        /// Only flags of this kind (answer_changed, tracked_list_changed, duplicate_answer,
+        /// figure_changed, total_mismatch)
+        #[arg(long, value_name = "K")]
+        kind: Option<String>,
+        /// Only flags recorded on or after this date (YYYY-MM-DD)
+        #[arg(long, value_name = "DATE")]
+        since: Option<chrono::NaiveDate>,
+    },
+    /// Groups of answers given to more than one question
+    Duplicates,
+    /// Export a view for analysts
+    Export {
+        #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
+        format: String,
+        #[arg(long, value_parser = ["questions", "stats", "flags"], default_value = "questions")]
+        view: String,
+    },
+    /// Drop every projection and replay the log; prints the views' digest before and after
+    Rebuild,
     /// Check every stored event: checksum, sequence continuity, decoding, index
     Verify,
     /// Pull new and changed answers from the Parliament API: one cycle, then a summary
@@ -213,6 +261,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             commands::ingest(&mut log, &files, options, cli.json, &mut out)?;
+            let derived = answerfeed::pipeline::derive(&mut log, &config)?;
+            if !cli.json && derived.diff.flags_raised > 0 {
+                writeln!(
+                    out,
+                    "{} flags raised (see 'answerfeed flags')",
+                    derived.diff.flags_raised
+                )?;
+            }
             ExitCode::SUCCESS
         }
         Command::Events { from, limit } => {
@@ -220,9 +276,90 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::events(&log, from, limit, cli.json, &mut out)?;
             ExitCode::SUCCESS
         }
-        Command::Questions { limit } => {
-            let log = EventLog::open(&data_dir, store)?;
-            commands::questions(&log, limit, cli.json, &mut out)?;
+        Command::Questions {
+            topic,
+            body,
+            member,
+            force,
+            limit,
+        } => {
+            let log = open_derived(&data_dir, store, &config)?;
+            let force = match force {
+                Some(name) => Some(usage(commands::resolve_force(&name))?.id.to_string()),
+                None => None,
+            };
+            let filter = QuestionFilter {
+                topic,
+                body,
+                member,
+                force,
+            };
+            commands::questions(&log, &filter, limit, cli.json, &mut out)?;
+            ExitCode::SUCCESS
+        }
+        Command::Show { id } => {
+            let log = open_derived(&data_dir, store, &config)?;
+            usage(commands::show(&log, &id, cli.json, style(), &mut out))?;
+            ExitCode::SUCCESS
+        }
+        Command::Stats { force, measure } => {
+            let log = open_derived(&data_dir, store, &config)?;
+            usage(commands::stats(
+                &log,
+                &force,
+                measure.as_deref(),
+                cli.json,
+                &mut out,
+            ))?;
+            ExitCode::SUCCESS
+        }
+        Command::Flags { kind, since } => {
+            let log = open_derived(&data_dir, store, &config)?;
+            usage(commands::flags(
+                &log,
+                kind.as_deref(),
+                since,
+                cli.json,
+                style(),
+                &mut out,
+            ))?;
+            ExitCode::SUCCESS
+        }
+        Command::Duplicates => {
+            let log = open_derived(&data_dir, store, &config)?;
+            commands::duplicates(&log, cli.json, &mut out)?;
+            ExitCode::SUCCESS
+        }
+        Command::Export { format, view } => {
+            let log = open_derived(&data_dir, store, &config)?;
+            usage(commands::export(&log, &format, &view, &mut out))?;
+            ExitCode::SUCCESS
+        }
+        Command::Rebuild => {
+            let mut log = EventLog::open(&data_dir, store)?;
+            // Flags first: the views include them.
+            answerfeed::pipeline::derive(&mut log, &config)?;
+            let (before, after, report) = answerfeed::project::rebuild(&log, &config.topics)?;
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"events": report.events_applied, "checkpoint": report.checkpoint, "digest_before": before, "digest_after": after, "identical": before == after})
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "views rebuilt from {} events (checkpoint #{}); digest {} ({})",
+                    report.events_applied,
+                    report.checkpoint,
+                    &after[..16],
+                    if before == after {
+                        "identical to the incremental views".to_string()
+                    } else {
+                        format!("the incremental views had {}", &before[..16])
+                    }
+                )?;
+            }
             ExitCode::SUCCESS
         }
         Command::Verify => {
@@ -269,6 +406,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok((report, result))
             })?;
             let (report, result) = outcome;
+            // What did reach the log is flagged and projected even when the cycle failed later.
+            answerfeed::pipeline::derive(&mut log, &config)?;
             commands::print_cycle(&report, cli.json, &mut out)?;
             out.flush()?;
             match result {
@@ -287,8 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let shutdown = Shutdown::new();
                 shutdown.install_signal_handlers()?;
                 let client = ApiClient::new(&config.fetch, shutdown.clone())?;
-                answerfeed::daemon::run(&mut log, &client, &config.fetch, &schedule, &shutdown)
-                    .await?;
+                answerfeed::daemon::run(&mut log, &client, &config, &schedule, &shutdown).await?;
                 anyhow::Ok(())
             })?;
             ExitCode::SUCCESS
@@ -306,7 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(dir) => dir,
                 None => fresh_demo_dir()?,
             };
-            match commands::demo(&dir, store, &mut out) {
+            match commands::demo(&dir, store, &config, &mut out) {
                 Err(CommandError::Usage(message)) => anyhow::bail!(message),
                 other => other?,
             }
@@ -315,6 +453,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     out.flush()?;
     Ok(code)
+}
+
+/// Opens the log and brings flags and views up to its head, for commands that read views.
+fn open_derived(
+    data_dir: &std::path::Path,
+    store: StoreOptions,
+    config: &Config,
+) -> anyhow::Result<EventLog> {
+    let mut log = EventLog::open(data_dir, store)?;
+    answerfeed::pipeline::derive(&mut log, config)?;
+    Ok(log)
+}
+
+/// A command's own "you asked for something that is not there" becomes a plain error line.
+fn usage<T>(result: Result<T, CommandError>) -> anyhow::Result<T> {
+    match result {
+        Err(CommandError::Usage(message)) => Err(anyhow::anyhow!(message)),
+        other => Ok(other?),
+    }
+}
+
+/// Colour diffs only for a person at a terminal.
+fn style() -> commands::Style {
+    use std::io::IsTerminal;
+    commands::Style {
+        colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
 }
 
 /// One thread is plenty: the work is one request at a time and the log is single-writer.

@@ -85,16 +85,20 @@ fn ingest_twice_appends_once() {
         "{text}"
     );
     let after_first = events(&data);
-    assert_eq!(after_first.len(), 10);
+    // Ten answers, then the three flags the diff module raised about them.
+    assert_eq!(after_first.len(), 13);
     let seqs: Vec<u64> = after_first
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=13).collect::<Vec<_>>());
     assert!(after_first.iter().all(|e| e["schema"] == 1));
-    assert!(after_first
+    assert!(after_first[..10]
         .iter()
         .all(|e| e["event"]["kind"] == "answer_observed"));
+    assert!(after_first[10..]
+        .iter()
+        .all(|e| e["event"]["kind"] == "flag_raised"));
 
     let second = ingest_json(&data, &[Path::new(SAMPLE)]);
     assert_eq!(second["appended"], 0);
@@ -152,8 +156,10 @@ fn a_changed_answer_appends_one_revision() {
     assert_eq!(summary["known"], 9);
 
     let all = events(&data);
-    assert_eq!(all.len(), 11);
-    let revision = &all[10];
+    // The revision, then the flag with its word diff.
+    assert_eq!(all.len(), 15);
+    let revision = &all[13];
+    assert_eq!(all[14]["event"]["flag"]["flag"], "answer_changed");
     assert_eq!(revision["event"]["kind"], "answer_revised");
     let previous_seq = revision["event"]["previous_seq"].as_u64().unwrap();
     let previous = &all[(previous_seq - 1) as usize];
@@ -251,7 +257,7 @@ fn verify_passes_a_good_log_and_names_an_altered_event() {
     let good = ok(run(&data, &["verify"]));
     assert_eq!(
         stdout(&good).trim(),
-        "ok: 10 events, checksums, sequence and index good"
+        "ok: 13 events, checksums, sequence and index good"
     );
 
     // Alter event 4 behind the log's back, with sled directly.
@@ -493,10 +499,12 @@ fn demo_runs_on_a_fresh_dir_and_refuses_a_used_one() {
         text.contains("Ingested again: 0 appended, 10 already known"),
         "{text}"
     );
-    assert!(text.contains("ok: 10 events"), "{text}");
+    assert!(text.contains("ok: 13 events"), "{text}");
+    assert!(text.contains("removed Gwent"), "{text}");
+    assert!(text.contains("added Cleveland, North Wales"), "{text}");
     assert!(text.contains("table \"Drunken or Drug Influenced Driving Offence Volumes\": header [ | 2022 | 2023 | 2024], 45 rows (1 total rows, 44 rows naming a force)"), "{text}");
     // The demo's data dir is a normal one afterwards.
-    assert_eq!(events(&data).len(), 10);
+    assert_eq!(events(&data).len(), 13);
 
     let again = run(&data, &["demo"]);
     assert_eq!(again.status.code(), Some(1));

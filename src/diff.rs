@@ -1,0 +1,638 @@
+//! The diff module: log events in, flag events appended to the log out.
+//!
+//! A consumer of the log with its own checkpoint and state (sled tree `diff`). For each answer
+//! event after the checkpoint it looks for: a changed answer text (word diff with `similar`, no
+//! deadline, so the same texts always give the same diff); a tracked list whose set of places
+//! changed; an exact or near duplicate of an answer to another question (MinHash + LSH for
+//! candidates, confirmed by similar's ratio); a figure reported differently than before; a total
+//! row that does not add up. Flags are appended as `flag_raised` events.
+//!
+//! Deterministic however the log is split into batches and wherever a crash falls: events are
+//! handled in sequence with the batch's state changes visible to later events of the batch; the
+//! flags are appended (idempotently: a flag's identity is its content and the event that raised
+//! it) before the state and checkpoint are committed together. A crash in between re-derives the
+//! same flags from the same state, and the log appends nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use similar::{Algorithm, ChangeTag, TextDiff};
+
+use crate::config::{DiffConfig, TrackerConfig};
+use crate::event::{
+    normalise_text, Envelope, Flag, FlagDetail, Observation, Payload, QuestionKey, Source,
+    WordChange,
+};
+use crate::gazetteer::Gazetteer;
+use crate::log::{Appended, EventLog, LogError};
+use crate::overlay::{Overlay, OverlayError};
+use crate::record::AnswerRecord;
+use crate::stats;
+
+const TREE: &str = "diff";
+const CHECKPOINT: &[u8] = b"checkpoint";
+/// Events handled per committed batch.
+const BATCH: usize = 500;
+/// Word diffs of texts longer than this many words fall back to a line diff, which bounds the
+/// time a diff can take without a clock (a deadline would make output depend on machine speed).
+const MAX_WORDS_FOR_WORD_DIFF: usize = 20_000;
+const MINHASH_HASHES: usize = 128;
+const LSH_BANDS: usize = 32;
+const LSH_ROWS: usize = MINHASH_HASHES / LSH_BANDS;
+/// Entries read per LSH bucket: common boilerplate fills buckets, and a cap keeps lookups bounded.
+const BUCKET_SCAN_LIMIT: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("diff state: {0}")]
+    State(String),
+    #[error("diff state: {0}")]
+    Overlay(#[from] OverlayError),
+}
+
+impl From<sled::Error> for DiffError {
+    fn from(e: sled::Error) -> Self {
+        DiffError::Log(LogError::Storage(e))
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiffReport {
+    pub events_read: u64,
+    pub flags_raised: u64,
+    pub checkpoint: u64,
+}
+
+/// Settings the diff module reads from config.
+#[derive(Debug, Clone)]
+pub struct DiffSettings {
+    pub near_duplicate_ratio: f64,
+    pub min_words: usize,
+    pub max_candidates: usize,
+    pub trackers: Vec<Tracker>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    config: TrackerConfig,
+    gazetteer: Gazetteer,
+}
+
+impl DiffSettings {
+    pub fn new(diff: &DiffConfig, trackers: &[TrackerConfig]) -> DiffSettings {
+        DiffSettings {
+            near_duplicate_ratio: diff.near_duplicate_ratio,
+            min_words: diff.min_words as usize,
+            max_candidates: diff.max_candidates.max(1) as usize,
+            trackers: trackers
+                .iter()
+                .map(|t| Tracker {
+                    gazetteer: Gazetteer::standard(&t.extra_entities),
+                    config: t.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where an answer sits in time for tracked lists: its answer date when the API gave one, else
+/// its place in the log (text dumps are appended oldest first).
+fn order_key(record: &AnswerRecord, seq: u64) -> String {
+    match record
+        .api
+        .as_ref()
+        .and_then(|a| a.date_answered.as_deref())
+        .filter(|d| d.len() >= 10 && d.is_char_boundary(10))
+    {
+        Some(date) => format!("d{}{seq:020}", &date[..10]),
+        None => format!("s{seq:020}"),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TimelineEntry {
+    question: QuestionKey,
+    seq: u64,
+    /// (entity id, label), sorted by id.
+    set: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeenAnswer {
+    question: QuestionKey,
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeenFigure {
+    value: f64,
+    question: QuestionKey,
+    seq: u64,
+}
+
+/// Brings the flags up to the log's head. Returns what it did.
+pub fn run(log: &mut EventLog, settings: &DiffSettings) -> Result<DiffReport, DiffError> {
+    run_in_batches(log, settings, BATCH)
+}
+
+/// [`run`] with a chosen batch size: the flags must not depend on it (tests hold it to that).
+pub fn run_in_batches(
+    log: &mut EventLog,
+    settings: &DiffSettings,
+    batch_size: usize,
+) -> Result<DiffReport, DiffError> {
+    let tree = log.db().open_tree(TREE)?;
+    let mut checkpoint = match tree.get(CHECKPOINT)? {
+        Some(v) => v
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| DiffError::State("checkpoint is malformed".to_string()))?,
+        None => 0,
+    };
+    let head = log.head()?;
+    let mut report = DiffReport::default();
+    while checkpoint < head {
+        let batch: Vec<Envelope> = log
+            .events_from(checkpoint + 1)
+            .take(batch_size.max(1))
+            .take_while(|e| e.as_ref().map_or(true, |e| e.seq <= head))
+            .collect::<Result<_, _>>()?;
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            break;
+        };
+        let mut overlay = Overlay::new(&tree);
+        let mut flags = Vec::new();
+        for envelope in &batch {
+            analyse(log, settings, envelope, &mut overlay, &mut flags)?;
+        }
+        report.events_read += batch.len() as u64;
+        if !flags.is_empty() {
+            let observations: Vec<Observation> = flags
+                .into_iter()
+                .map(|flag: Flag| Observation {
+                    source: Source {
+                        uri: format!("diff:event/{}", flag.derived_from),
+                        position: None,
+                        line: None,
+                    },
+                    payload: Payload::Flag(Box::new(flag)),
+                })
+                .collect();
+            let appended = log.append(observations, &crate::ingest::now_rfc3339())?;
+            report.flags_raised += appended
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o, Appended::New { .. }))
+                .count() as u64;
+        }
+        tree.apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
+        log.flush()?;
+        checkpoint = last;
+    }
+    report.checkpoint = checkpoint;
+    if report.flags_raised > 0 {
+        tracing::info!(
+            events = report.events_read,
+            flags = report.flags_raised,
+            "diff: flags raised"
+        );
+    }
+    Ok(report)
+}
+
+fn analyse(
+    log: &EventLog,
+    settings: &DiffSettings,
+    envelope: &Envelope,
+    state: &mut Overlay<'_>,
+    flags: &mut Vec<Flag>,
+) -> Result<(), DiffError> {
+    let (Some(question), Some(record)) = (envelope.event.question(), envelope.event.record())
+    else {
+        return Ok(());
+    };
+    let seq = envelope.seq;
+    let flag = |detail: FlagDetail| Flag {
+        derived_from: seq,
+        question: Some(question.clone()),
+        detail,
+    };
+    let text = record.answer.plain_text();
+    let api = record.api.as_ref();
+    let is_holding = api.is_some_and(|a| a.is_holding);
+    let is_withdrawn = api.is_some_and(|a| a.is_withdrawn);
+
+    // A changed answer: the word diff against the question's previous content.
+    if let Some(previous_seq) = envelope.event.previous_seq() {
+        if let Some(previous) = log.get(previous_seq)? {
+            if let Some(old) = previous.event.record() {
+                let old_text = old.answer.plain_text();
+                if normalise_text(&old_text) != normalise_text(&text) {
+                    let (ratio, changes) = word_diff(&old_text, &text);
+                    flags.push(flag(FlagDetail::AnswerChanged {
+                        previous_seq,
+                        previous_kind: previous.event.kind().to_string(),
+                        ratio,
+                        changes,
+                    }));
+                }
+            }
+        }
+    }
+    if is_withdrawn {
+        return Ok(());
+    }
+
+    // Tracked lists.
+    for tracker in &settings.trackers {
+        let Some(set) = tracked_set(tracker, record) else {
+            continue;
+        };
+        let prefix = format!("t/{}/", tracker.config.name).into_bytes();
+        let mut key = prefix.clone();
+        key.extend_from_slice(order_key(record, seq).as_bytes());
+        let previous: Option<TimelineEntry> = match state.last_before(&prefix, &key)? {
+            Some((_, bytes)) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        };
+        let late = state.any_after(&prefix, &key)?;
+        if let Some(previous) = previous.filter(|p| p.question != *question || p.seq != seq) {
+            let before: BTreeSet<&(String, String)> = previous.set.iter().collect();
+            let now: BTreeSet<&(String, String)> = set.iter().collect();
+            let mut added: Vec<String> = now.difference(&before).map(|e| e.1.clone()).collect();
+            let mut removed: Vec<String> = before.difference(&now).map(|e| e.1.clone()).collect();
+            added.sort();
+            removed.sort();
+            if !added.is_empty() || !removed.is_empty() {
+                flags.push(flag(FlagDetail::TrackedListChanged {
+                    tracker: tracker.config.name.clone(),
+                    title: tracker.config.title.clone(),
+                    previous_question: previous.question.clone(),
+                    previous_seq: previous.seq,
+                    added,
+                    removed,
+                    set: {
+                        let mut labels: Vec<String> = set.iter().map(|e| e.1.clone()).collect();
+                        labels.sort();
+                        labels
+                    },
+                    late,
+                }));
+            }
+        }
+        state.put_json(
+            key,
+            &TimelineEntry {
+                question: question.clone(),
+                seq,
+                set,
+            },
+        );
+    }
+
+    // Duplicates, exact then near.
+    let normalised = normalise_text(&text).to_lowercase();
+    let words: Vec<&str> = normalised.split(' ').filter(|w| !w.is_empty()).collect();
+    if !is_holding && words.len() >= settings.min_words {
+        duplicates(
+            log,
+            settings,
+            state,
+            question,
+            seq,
+            &normalised,
+            &words,
+            flags,
+        )?;
+    }
+
+    // Figures reported before with another value, and totals that do not add up.
+    for stat in stats::statistics(record) {
+        let key = format!("f/{}", stat.key()).into_bytes();
+        if let Some(seen) = state.get_json::<SeenFigure>(&key)? {
+            if seen.question != *question && (seen.value - stat.value).abs() > f64::EPSILON {
+                flags.push(flag(FlagDetail::FigureChanged {
+                    force_id: stat.force_id.clone(),
+                    force: stat.force.clone(),
+                    period: stat.period.clone(),
+                    measure: stat.measure.clone(),
+                    previous_value: seen.value,
+                    value: stat.value,
+                    previous_question: seen.question.clone(),
+                    previous_seq: seen.seq,
+                }));
+            }
+        }
+        state.put_json(
+            key,
+            &SeenFigure {
+                value: stat.value,
+                question: question.clone(),
+                seq,
+            },
+        );
+    }
+    for mismatch in stats::total_mismatches(record) {
+        flags.push(flag(FlagDetail::TotalMismatch {
+            table: mismatch.table,
+            row: mismatch.row,
+            column: mismatch.column,
+            group: mismatch.group,
+            stated: mismatch.stated,
+            summed: mismatch.summed,
+        }));
+    }
+    Ok(())
+}
+
+/// The places a tracker reads in this answer, or `None` when the answer is not on its subject or
+/// names none of them in a sentence that says where.
+fn tracked_set(tracker: &Tracker, record: &AnswerRecord) -> Option<Vec<(String, String)>> {
+    let text = record.answer.paragraphs().collect::<Vec<_>>().join("\n");
+    let lower = text.to_lowercase();
+    let config = &tracker.config;
+    if !config
+        .subject
+        .iter()
+        .any(|s| lower.contains(&s.to_lowercase()))
+    {
+        return None;
+    }
+    let mut set: BTreeMap<String, String> = BTreeMap::new();
+    for sentence in sentences(&text) {
+        let s = sentence.to_lowercase();
+        let says_where = config
+            .sentence
+            .iter()
+            .any(|p| s.contains(&p.to_lowercase()));
+        let excluded = config.exclude.iter().any(|p| s.contains(&p.to_lowercase()));
+        if !says_where || excluded {
+            continue;
+        }
+        for entity in tracker.gazetteer.find(sentence) {
+            set.insert(entity.id, entity.label);
+        }
+    }
+    (!set.is_empty()).then(|| set.into_iter().collect())
+}
+
+/// Sentences: split after `.`, `!` or `?` followed by whitespace, and at line breaks.
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut start = 0;
+        let bytes = line.as_bytes();
+        for i in 0..bytes.len() {
+            if matches!(bytes[i], b'.' | b'!' | b'?')
+                && bytes.get(i + 1).is_some_and(|b| b.is_ascii_whitespace())
+            {
+                out.push(line[start..=i].trim());
+                start = i + 1;
+            }
+        }
+        if start < line.len() {
+            out.push(line[start..].trim());
+        }
+    }
+    out.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+/// similar's ratio and the word-level changes from `old` to `new`.
+pub fn word_diff(old: &str, new: &str) -> (f64, Vec<WordChange>) {
+    let big = old
+        .split_whitespace()
+        .count()
+        .max(new.split_whitespace().count())
+        > MAX_WORDS_FOR_WORD_DIFF;
+    let mut config = TextDiff::configure();
+    config.algorithm(Algorithm::Myers);
+    let diff = if big {
+        config.diff_lines(old, new)
+    } else {
+        config.diff_words(old, new)
+    };
+    let mut changes: Vec<WordChange> = Vec::new();
+    for change in diff.iter_all_changes() {
+        let op = match change.tag() {
+            ChangeTag::Equal => "equal",
+            ChangeTag::Delete => "delete",
+            ChangeTag::Insert => "insert",
+        };
+        match changes.last_mut() {
+            Some(last) if last.op == op => last.text.push_str(change.value()),
+            _ => changes.push(WordChange {
+                op: op.to_string(),
+                text: change.value().to_string(),
+            }),
+        }
+    }
+    (f64::from(diff.ratio()), changes)
+}
+
+/// similar's word-level ratio of two texts.
+pub fn similarity(a: &str, b: &str) -> f64 {
+    word_diff(a, b).0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn duplicates(
+    log: &EventLog,
+    settings: &DiffSettings,
+    state: &mut Overlay<'_>,
+    question: &QuestionKey,
+    seq: u64,
+    normalised: &str,
+    words: &[&str],
+    flags: &mut Vec<Flag>,
+) -> Result<(), DiffError> {
+    let digest = crate::event::hex(&Sha256::digest(normalised.as_bytes()));
+    let exact_key = format!("x/{digest}").into_bytes();
+    let group_key = |q: &QuestionKey| format!("g/{q}").into_bytes();
+    let flag = |of: &SeenAnswer, group: QuestionKey, exact: bool, ratio: f64| Flag {
+        derived_from: seq,
+        question: Some(question.clone()),
+        detail: FlagDetail::DuplicateAnswer {
+            of_question: of.question.clone(),
+            of_seq: of.seq,
+            group,
+            exact,
+            ratio,
+        },
+    };
+    if let Some(first) = state.get_json::<SeenAnswer>(&exact_key)? {
+        if first.question != *question {
+            let group = state
+                .get_json::<QuestionKey>(&group_key(&first.question))?
+                .unwrap_or_else(|| first.question.clone());
+            state.put_json(group_key(question), &group);
+            flags.push(flag(&first, group, true, 1.0));
+        }
+        return Ok(());
+    }
+    state.put_json(
+        exact_key,
+        &SeenAnswer {
+            question: question.clone(),
+            seq,
+        },
+    );
+
+    // Near duplicates: LSH buckets give candidates; each is confirmed on the full texts.
+    let signature = minhash(words);
+    let mut votes: BTreeMap<(u64, String), usize> = BTreeMap::new();
+    let mut bucket_keys = Vec::with_capacity(LSH_BANDS);
+    for band in 0..LSH_BANDS {
+        let rows = &signature[band * LSH_ROWS..(band + 1) * LSH_ROWS];
+        let mut h = Sha256::new();
+        for r in rows {
+            h.update(r.to_be_bytes());
+        }
+        let bucket = crate::event::hex(&h.finalize()[..8]);
+        let prefix = format!("l/{band:02}/{bucket}/").into_bytes();
+        for (key, value) in state.scan(&prefix, BUCKET_SCAN_LIMIT)? {
+            let Some(seq_part) = key.get(prefix.len()..) else {
+                continue;
+            };
+            let other_seq: u64 = String::from_utf8_lossy(seq_part).parse().unwrap_or(0);
+            let other_question = String::from_utf8_lossy(&value).into_owned();
+            if other_question != question.0 {
+                *votes.entry((other_seq, other_question)).or_default() += 1;
+            }
+        }
+        let mut key = prefix;
+        key.extend_from_slice(format!("{seq:020}").as_bytes());
+        bucket_keys.push(key);
+    }
+    for key in bucket_keys {
+        state.put(key, question.0.as_bytes().to_vec());
+    }
+    let mut candidates: Vec<((u64, String), usize)> = votes.into_iter().collect();
+    // Most shared bands first, then oldest: deterministic.
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut best: Option<(f64, SeenAnswer)> = None;
+    for ((other_seq, other_question), _) in candidates.into_iter().take(settings.max_candidates) {
+        let Some(other) = log.get(other_seq)? else {
+            continue;
+        };
+        let Some(other_record) = other.event.record() else {
+            continue;
+        };
+        let other_text = normalise_text(&other_record.answer.plain_text()).to_lowercase();
+        let ratio = similarity(&other_text, normalised);
+        if ratio >= settings.near_duplicate_ratio && best.as_ref().is_none_or(|(r, _)| ratio > *r) {
+            best = Some((
+                ratio,
+                SeenAnswer {
+                    question: QuestionKey(other_question),
+                    seq: other_seq,
+                },
+            ));
+        }
+    }
+    if let Some((ratio, of)) = best {
+        let group = state
+            .get_json::<QuestionKey>(&group_key(&of.question))?
+            .unwrap_or_else(|| of.question.clone());
+        state.put_json(group_key(question), &group);
+        flags.push(flag(&of, group, false, ratio));
+    }
+    Ok(())
+}
+
+/// 128 MinHash values over word 3-shingles, with fixed seeds so results never vary between runs.
+fn minhash(words: &[&str]) -> Vec<u64> {
+    let mut signature = vec![u64::MAX; MINHASH_HASHES];
+    let shingles: Vec<u64> = if words.len() < 3 {
+        vec![fnv1a(words.join(" ").as_bytes())]
+    } else {
+        words
+            .windows(3)
+            .map(|w| fnv1a(w.join(" ").as_bytes()))
+            .collect()
+    };
+    for (i, slot) in signature.iter_mut().enumerate() {
+        let (a, b) = seeds(i as u64);
+        for s in &shingles {
+            let h = s.wrapping_mul(a).wrapping_add(b).rotate_left(31) ^ (s >> 17);
+            if h < *slot {
+                *slot = h;
+            }
+        }
+    }
+    signature
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// splitmix64 of the hash index: fixed, odd multipliers.
+fn seeds(i: u64) -> (u64, u64) {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (mix(2 * i) | 1, mix(2 * i + 1))
+}
+
+/// A digest of the diff module's state, to compare runs.
+pub fn state_digest(log: &EventLog) -> Result<String, DiffError> {
+    Ok(crate::overlay::tree_digest(&log.db().open_tree(TREE)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_diffs_show_what_changed() {
+        let (ratio, changes) = word_diff(
+            "Breach is punishable by up to 5 years imprisonment.",
+            "Breach is punishable by up to five years imprisonment.",
+        );
+        assert!(ratio > 0.8 && ratio < 1.0, "{ratio}");
+        let changed: Vec<(&str, &str)> = changes
+            .iter()
+            .filter(|c| c.op != "equal")
+            .map(|c| (c.op.as_str(), c.text.as_str()))
+            .collect();
+        assert_eq!(changed, vec![("delete", "5"), ("insert", "five")]);
+    }
+
+    #[test]
+    fn minhash_is_deterministic_and_close_for_close_texts() {
+        let a: Vec<&str> = "the quick brown fox jumps over the lazy dog again and again today"
+            .split(' ')
+            .collect();
+        let b: Vec<&str> = "the quick brown fox jumps over the lazy cat again and again today"
+            .split(' ')
+            .collect();
+        assert_eq!(minhash(&a), minhash(&a));
+        let same = minhash(&a)
+            .iter()
+            .zip(minhash(&b))
+            .filter(|(x, y)| **x == *y)
+            .count();
+        assert!(same > 40, "{same}");
+    }
+
+    #[test]
+    fn sentences_split_without_breaking_urls() {
+        assert_eq!(
+            sentences("One in Gwent. Two (GOV.UK (www.gov.uk)). Three?"),
+            vec!["One in Gwent.", "Two (GOV.UK (www.gov.uk)).", "Three?"]
+        );
+    }
+}

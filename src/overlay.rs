@@ -1,0 +1,181 @@
+//! Batched writes over a sled tree that later reads in the same batch already see.
+//!
+//! Consumers of the log (projections, the diff module) handle events one by one but commit in
+//! batches: an event must see what the events before it in the same batch wrote, and the whole
+//! batch, with its checkpoint, must land atomically (one `apply_batch`).
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+pub struct Overlay<'a> {
+    tree: &'a sled::Tree,
+    /// `None` is a pending removal.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored value under {key} does not decode: {why}")]
+    Decode { key: String, why: String },
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(tree: &'a sled::Tree) -> Overlay<'a> {
+        Overlay {
+            tree,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, OverlayError> {
+        if let Some(v) = self.pending.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, OverlayError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| OverlayError::Decode {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        why: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    pub fn put_json<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.put(key, serde_json::to_vec(value).unwrap_or_default());
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// The greatest live key in `[prefix, before)`, with its value.
+    pub fn last_before(&self, prefix: &[u8], before: &[u8]) -> Result<Option<Entry>, OverlayError> {
+        let mut upper = before.to_vec();
+        loop {
+            let committed = match self.tree.range(prefix.to_vec()..upper.clone()).next_back() {
+                Some(entry) => {
+                    let (k, v) = entry?;
+                    Some((k.to_vec(), Some(v.to_vec())))
+                }
+                None => None,
+            };
+            let pending = self
+                .pending
+                .range(prefix.to_vec()..upper.clone())
+                .next_back()
+                .map(|(k, v)| (k.clone(), v.clone()));
+            let candidate = match (committed, pending) {
+                (Some(c), Some(p)) => Some(if p.0 >= c.0 { p } else { c }),
+                (c, p) => c.or(p),
+            };
+            match candidate {
+                None => return Ok(None),
+                Some((key, value)) => {
+                    // A committed key may have been removed in this batch.
+                    let value = match self.pending.get(&key) {
+                        Some(v) => v.clone(),
+                        None => value,
+                    };
+                    match value {
+                        Some(v) => return Ok(Some((key, v))),
+                        None => upper = key,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a live key sorts after `after` under `prefix`.
+    pub fn any_after(&self, prefix: &[u8], after: &[u8]) -> Result<bool, OverlayError> {
+        let mut end = prefix.to_vec();
+        end.push(0xff);
+        let mut start = after.to_vec();
+        start.push(0);
+        if self
+            .pending
+            .range(start.clone()..end.clone())
+            .any(|(_, v)| v.is_some())
+        {
+            return Ok(true);
+        }
+        for entry in self.tree.range(start..end) {
+            let (k, _) = entry?;
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Up to `limit` live entries under `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, OverlayError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for entry in self.tree.scan_prefix(prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            if !self.pending.contains_key(k.as_ref()) {
+                out.insert(k.to_vec(), v.to_vec());
+            }
+        }
+        for (k, v) in self
+            .pending
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            if let Some(v) = v {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
+    /// The batch to apply, with `extra` (the checkpoint) in the same atomic write.
+    pub fn into_batch(self, extra: &[(&[u8], Vec<u8>)]) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.pending {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        for (k, v) in extra {
+            batch.insert(*k, v.clone());
+        }
+        batch
+    }
+}
+
+/// A digest of every key and value of a tree, in order: two trees with the same digest hold the
+/// same bytes.
+pub fn tree_digest(tree: &sled::Tree) -> Result<String, sled::Error> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for entry in tree.iter() {
+        let (k, v) = entry?;
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(&k);
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(&v);
+    }
+    Ok(crate::event::hex(&h.finalize()))
+}

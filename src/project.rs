@@ -1,0 +1,540 @@
+//! Projections: log events in, current views out (sled tree `views`), checkpointed.
+//!
+//! Views are pure functions of the log (and the topic rules in config): applying new events
+//! incrementally after every ingest or fetch gives byte for byte what `rebuild` (drop everything,
+//! replay from event 1) gives. Each batch of events and the checkpoint land in one atomic write.
+//!
+//! Keys (UTF-8, parts separated by U+001F):
+//!
+//! | key | value |
+//! |---|---|
+//! | `q` question | [`QuestionView`] JSON |
+//! | `o` latest-seq (20 digits) | question: recency order |
+//! | `a` api-id (20 digits) | question |
+//! | `b` body (lower case) question, `m` member question, `t` topic question, `f` force question | empty |
+//! | `s` force measure period question table row | [`StatRow`] JSON |
+//! | `k` flag-kind seq | empty: flags by kind |
+//! | `d` group question | [`DuplicateMember`] JSON |
+//! | `x` question | the index keys the question's current content owns (removed on revision) |
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TopicConfig;
+use crate::event::{Envelope, Event, FlagDetail, QuestionKey};
+use crate::log::{EventLog, LogError};
+use crate::overlay::{Overlay, OverlayError};
+use crate::record::AnswerRecord;
+use crate::stats;
+
+const TREE: &str = "views";
+const CHECKPOINT: &[u8] = b"\x00checkpoint";
+const BATCH: usize = 1000;
+const SEP: char = '\u{1f}';
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("views: {0}")]
+    Overlay(#[from] OverlayError),
+}
+
+impl From<sled::Error> for ProjectError {
+    fn from(e: sled::Error) -> Self {
+        ProjectError::Log(LogError::Storage(e))
+    }
+}
+
+/// The current state of one question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuestionView {
+    pub question: QuestionKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_answered: Option<String>,
+    pub answering_body: String,
+    pub asking_member: String,
+    pub answering_member: String,
+    /// Kind of the latest content event.
+    pub kind: String,
+    pub latest_seq: u64,
+    pub history: Vec<HistoryEntry>,
+    pub topics: Vec<String>,
+    pub forces: Vec<String>,
+    /// Sequence numbers of the flags raised about this question.
+    pub flags: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    pub kind: String,
+    pub recorded_at: String,
+}
+
+/// One statistic with the answer it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatRow {
+    #[serde(flatten)]
+    pub stat: stats::Statistic,
+    pub question: QuestionKey,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateMember {
+    pub question: QuestionKey,
+    pub seq: u64,
+    pub exact: bool,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectReport {
+    pub events_applied: u64,
+    pub checkpoint: u64,
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    let mut s = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            s.push(SEP);
+        }
+        s.push_str(p);
+    }
+    s.into_bytes()
+}
+
+fn prefix(parts: &[&str]) -> Vec<u8> {
+    let mut k = key(parts);
+    let mut sep = [0u8; 1];
+    SEP.encode_utf8(&mut sep);
+    k.push(sep[0]);
+    k
+}
+
+fn seq_text(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+fn read_checkpoint(tree: &sled::Tree) -> Result<u64, ProjectError> {
+    Ok(tree
+        .get(CHECKPOINT)?
+        .and_then(|v| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0))
+}
+
+/// The views' checkpoint: the last event applied.
+pub fn checkpoint(log: &EventLog) -> Result<u64, ProjectError> {
+    read_checkpoint(&log.db().open_tree(TREE)?)
+}
+
+/// Applies every event after the checkpoint.
+pub fn run(log: &EventLog, topics: &[TopicConfig]) -> Result<ProjectReport, ProjectError> {
+    let tree = log.db().open_tree(TREE)?;
+    let mut checkpoint = read_checkpoint(&tree)?;
+    let head = log.head()?;
+    let mut report = ProjectReport::default();
+    while checkpoint < head {
+        let mut overlay = Overlay::new(&tree);
+        let mut last = checkpoint;
+        for envelope in log.events_from(checkpoint + 1).take(BATCH) {
+            let envelope = envelope?;
+            if envelope.seq > head {
+                break;
+            }
+            apply(&mut overlay, topics, &envelope)?;
+            last = envelope.seq;
+            report.events_applied += 1;
+        }
+        if last == checkpoint {
+            break;
+        }
+        tree.apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
+        checkpoint = last;
+    }
+    log.flush()?;
+    report.checkpoint = checkpoint;
+    Ok(report)
+}
+
+/// Drops every view and replays the whole log. Returns the digest of the views before and after.
+pub fn rebuild(
+    log: &EventLog,
+    topics: &[TopicConfig],
+) -> Result<(String, String, ProjectReport), ProjectError> {
+    let tree = log.db().open_tree(TREE)?;
+    let before = crate::overlay::tree_digest(&tree)?;
+    tree.clear()?;
+    log.flush()?;
+    let report = run(log, topics)?;
+    let after = crate::overlay::tree_digest(&tree)?;
+    Ok((before, after, report))
+}
+
+/// The digest of the views as they stand.
+pub fn digest(log: &EventLog) -> Result<String, ProjectError> {
+    Ok(crate::overlay::tree_digest(&log.db().open_tree(TREE)?)?)
+}
+
+fn apply(
+    state: &mut Overlay<'_>,
+    topics: &[TopicConfig],
+    envelope: &Envelope,
+) -> Result<(), ProjectError> {
+    match &envelope.event {
+        Event::FlagRaised { flag } => {
+            let seq = seq_text(envelope.seq);
+            state.put(key(&["k", flag.detail.kind(), &seq]), Vec::new());
+            if let Some(question) = &flag.question {
+                let qkey = key(&["q", question.as_str()]);
+                if let Some(mut view) = state.get_json::<QuestionView>(&qkey)? {
+                    view.flags.push(envelope.seq);
+                    state.put_json(qkey, &view);
+                }
+                if let FlagDetail::DuplicateAnswer {
+                    of_question,
+                    of_seq,
+                    group,
+                    exact,
+                    ratio,
+                } = &flag.detail
+                {
+                    let root = key(&["d", group.as_str(), group.as_str()]);
+                    if state.get(&root)?.is_none() {
+                        let root_seq = if of_question == group { *of_seq } else { 0 };
+                        state.put_json(
+                            root,
+                            &DuplicateMember {
+                                question: group.clone(),
+                                seq: root_seq,
+                                exact: true,
+                                ratio: 1.0,
+                            },
+                        );
+                    }
+                    state.put_json(
+                        key(&["d", group.as_str(), question.as_str()]),
+                        &DuplicateMember {
+                            question: question.clone(),
+                            seq: envelope.seq,
+                            exact: *exact,
+                            ratio: *ratio,
+                        },
+                    );
+                }
+            }
+        }
+        Event::RecordQuarantined { .. } => {}
+        event => {
+            let (Some(question), Some(record)) = (event.question(), event.record()) else {
+                return Ok(());
+            };
+            apply_answer(state, topics, envelope, question, record)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_answer(
+    state: &mut Overlay<'_>,
+    topics: &[TopicConfig],
+    envelope: &Envelope,
+    question: &QuestionKey,
+    record: &AnswerRecord,
+) -> Result<(), ProjectError> {
+    let q = question.as_str();
+    let qkey = key(&["q", q]);
+    let previous = state.get_json::<QuestionView>(&qkey)?;
+    // The previous content's index entries go; the new content's come.
+    let owned_key = key(&["x", q]);
+    if let Some(owned) = state.get_json::<Vec<String>>(&owned_key)? {
+        for k in owned {
+            state.remove(k.into_bytes());
+        }
+    }
+    let api = record.api.as_ref();
+    let topic_names: Vec<String> = topics
+        .iter()
+        .filter(|t| topic_matches(t, record))
+        .map(|t| t.name.clone())
+        .collect();
+    let force_ids: Vec<String> = record.forces.iter().map(|f| f.id.clone()).collect();
+    let mut owned: Vec<String> = Vec::new();
+    let mut own = |state: &mut Overlay<'_>, k: Vec<u8>, v: Vec<u8>| {
+        owned.push(String::from_utf8_lossy(&k).into_owned());
+        state.put(k, v);
+    };
+    let seq = envelope.seq;
+    own(state, key(&["o", &seq_text(seq)]), q.as_bytes().to_vec());
+    if let Some(id) = record.api_id {
+        own(state, key(&["a", &seq_text(id)]), q.as_bytes().to_vec());
+    }
+    own(
+        state,
+        key(&["b", &record.answering_body.to_lowercase(), q]),
+        Vec::new(),
+    );
+    own(
+        state,
+        key(&["m", &record.asking_member.name.to_lowercase(), q]),
+        Vec::new(),
+    );
+    for topic in &topic_names {
+        own(state, key(&["t", topic, q]), Vec::new());
+    }
+    for force in &force_ids {
+        own(state, key(&["f", force, q]), Vec::new());
+    }
+    for stat in stats::statistics(record) {
+        let k = key(&[
+            "s",
+            &stat.force_id,
+            &stats::normalise_measure(&stat.measure),
+            &stat.period,
+            q,
+            &format!("{:03}", stat.table),
+            &format!("{:05}", stat.row),
+        ]);
+        let row = StatRow {
+            stat,
+            question: question.clone(),
+            seq,
+        };
+        own(state, k, serde_json::to_vec(&row).unwrap_or_default());
+    }
+    state.put_json(owned_key, &owned);
+
+    let mut history = previous
+        .as_ref()
+        .map(|v| v.history.clone())
+        .unwrap_or_default();
+    history.push(HistoryEntry {
+        seq,
+        kind: envelope.event.kind().to_string(),
+        recorded_at: envelope.recorded_at.clone(),
+    });
+    let view = QuestionView {
+        question: question.clone(),
+        api_id: record.api_id,
+        uin: api.and_then(|a| a.uin.clone()),
+        heading: api.and_then(|a| a.heading.clone()),
+        date_answered: api.and_then(|a| a.date_answered.clone()),
+        answering_body: record.answering_body.clone(),
+        asking_member: record.asking_member.name.clone(),
+        answering_member: record.answering_member.name.clone(),
+        kind: envelope.event.kind().to_string(),
+        latest_seq: seq,
+        history,
+        topics: topic_names,
+        forces: force_ids,
+        flags: previous.map(|v| v.flags).unwrap_or_default(),
+    };
+    state.put_json(qkey, &view);
+    Ok(())
+}
+
+/// Whether a record belongs to a topic (see config/default.toml).
+pub fn topic_matches(topic: &TopicConfig, record: &AnswerRecord) -> bool {
+    if topic.any_police_force && !record.forces.is_empty() {
+        return true;
+    }
+    if topic
+        .answering_bodies
+        .iter()
+        .any(|b| b.eq_ignore_ascii_case(&record.answering_body))
+    {
+        return true;
+    }
+    let text = format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase();
+    topic
+        .keywords
+        .iter()
+        .any(|k| contains_word(&text, &k.to_lowercase()))
+}
+
+fn contains_word(text: &str, word: &str) -> bool {
+    if word.is_empty() {
+        return false;
+    }
+    let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    let mut from = 0;
+    while let Some(at) = text[from..].find(word) {
+        let start = from + at;
+        let end = start + word.len();
+        if boundary(text[..start].chars().next_back()) && boundary(text[end..].chars().next()) {
+            return true;
+        }
+        from = start + word.len().max(1);
+        while from < text.len() && !text.is_char_boundary(from) {
+            from += 1;
+        }
+    }
+    false
+}
+
+/// Read access to the views, for the CLI.
+pub struct Views {
+    tree: sled::Tree,
+}
+
+/// Filters for `questions`.
+#[derive(Debug, Clone, Default)]
+pub struct QuestionFilter {
+    pub topic: Option<String>,
+    pub body: Option<String>,
+    pub member: Option<String>,
+    /// A force id (resolve names with `forces::lookup` first).
+    pub force: Option<String>,
+}
+
+impl Views {
+    pub fn open(log: &EventLog) -> Result<Views, ProjectError> {
+        Ok(Views {
+            tree: log.db().open_tree(TREE)?,
+        })
+    }
+
+    pub fn question(&self, question: &str) -> Result<Option<QuestionView>, ProjectError> {
+        let overlay = Overlay::new(&self.tree);
+        Ok(overlay.get_json(&key(&["q", question]))?)
+    }
+
+    /// A question by its key (`api:…`, `txt:…`) or by the API's numeric id.
+    pub fn resolve(&self, id: &str) -> Result<Option<QuestionView>, ProjectError> {
+        if let Ok(n) = id.parse::<u64>() {
+            if let Some(q) = self.tree.get(key(&["a", &seq_text(n)]))? {
+                return self.question(&String::from_utf8_lossy(&q));
+            }
+            return Ok(None);
+        }
+        self.question(id)
+    }
+
+    /// Questions matching every filter given, most recently changed first, streamed.
+    pub fn questions<'a>(
+        &'a self,
+        filter: &'a QuestionFilter,
+    ) -> impl Iterator<Item = Result<QuestionView, ProjectError>> + 'a {
+        let order = prefix(&["o"]);
+        self.tree.scan_prefix(order).rev().filter_map(move |entry| {
+            let result = (|| -> Result<Option<QuestionView>, ProjectError> {
+                let (_, q) = entry?;
+                let q = String::from_utf8_lossy(&q).into_owned();
+                let checks: [(Option<&String>, &str, bool); 4] = [
+                    (filter.topic.as_ref(), "t", false),
+                    (filter.body.as_ref(), "b", true),
+                    (filter.member.as_ref(), "m", true),
+                    (filter.force.as_ref(), "f", false),
+                ];
+                for (wanted, tag, lower) in checks {
+                    if let Some(value) = wanted {
+                        let value = if lower {
+                            value.to_lowercase()
+                        } else {
+                            value.clone()
+                        };
+                        if !self.tree.contains_key(key(&[tag, &value, &q]))? {
+                            return Ok(None);
+                        }
+                    }
+                }
+                self.question(&q)
+            })();
+            result.transpose()
+        })
+    }
+
+    /// Statistics for a force (by id), optionally only measures containing `measure`.
+    pub fn stats<'a>(
+        &'a self,
+        force_id: &str,
+        measure: Option<&'a str>,
+    ) -> impl Iterator<Item = Result<StatRow, ProjectError>> + 'a {
+        let measure = measure.map(|m| m.to_lowercase());
+        self.tree
+            .scan_prefix(prefix(&["s", force_id]))
+            .filter_map(move |entry| {
+                let row = entry.map_err(ProjectError::from).and_then(|(k, v)| {
+                    serde_json::from_slice::<StatRow>(&v).map_err(|e| {
+                        ProjectError::Overlay(OverlayError::Decode {
+                            key: String::from_utf8_lossy(&k).into_owned(),
+                            why: e.to_string(),
+                        })
+                    })
+                });
+                match (&row, &measure) {
+                    (Ok(r), Some(m)) if !r.stat.measure.to_lowercase().contains(m.as_str()) => None,
+                    _ => Some(row),
+                }
+            })
+    }
+
+    /// Every statistic, force by force.
+    pub fn all_stats(&self) -> impl Iterator<Item = Result<StatRow, ProjectError>> + '_ {
+        self.tree.scan_prefix(prefix(&["s"])).map(|entry| {
+            let (k, v) = entry?;
+            serde_json::from_slice::<StatRow>(&v).map_err(|e| {
+                ProjectError::Overlay(OverlayError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    why: e.to_string(),
+                })
+            })
+        })
+    }
+
+    /// Sequence numbers of flags, of one kind or all, in log order.
+    pub fn flag_seqs(&self, kind: Option<&str>) -> Result<Vec<u64>, ProjectError> {
+        let p = match kind {
+            Some(kind) => prefix(&["k", kind]),
+            None => prefix(&["k"]),
+        };
+        let mut seqs = Vec::new();
+        for entry in self.tree.scan_prefix(p) {
+            let (k, _) = entry?;
+            let text = String::from_utf8_lossy(&k).into_owned();
+            if let Some(seq) = text.rsplit(SEP).next().and_then(|s| s.parse().ok()) {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Groups of answers that repeat each other: (group, members including the first).
+    pub fn duplicate_groups(
+        &self,
+    ) -> Result<Vec<(QuestionKey, Vec<DuplicateMember>)>, ProjectError> {
+        let mut groups: Vec<(QuestionKey, Vec<DuplicateMember>)> = Vec::new();
+        for entry in self.tree.scan_prefix(prefix(&["d"])) {
+            let (k, v) = entry?;
+            let text = String::from_utf8_lossy(&k).into_owned();
+            let group = text.split(SEP).nth(1).unwrap_or_default().to_string();
+            let member: DuplicateMember = serde_json::from_slice(&v).map_err(|e| {
+                ProjectError::Overlay(OverlayError::Decode {
+                    key: text.clone(),
+                    why: e.to_string(),
+                })
+            })?;
+            match groups.last_mut() {
+                Some((g, members)) if g.0 == group => members.push(member),
+                _ => groups.push((QuestionKey(group), vec![member])),
+            }
+        }
+        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(groups)
+    }
+}
+
+#[cfg(test)]
+mod tests;
