@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::event::{describe_flag, render_word_diff, FlagDetail, Style};
 use crate::event::{Envelope, Event};
-use crate::event::{Flag, FlagDetail};
 use crate::ingest::{self, FileSummary, IngestError, IngestOptions};
 use crate::log::{EventLog, LogError, StoreOptions};
 use crate::project::{QuestionFilter, Views};
@@ -30,6 +30,8 @@ pub enum CommandError {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Alert(#[from] crate::alert::AlertError),
 }
 
 /// `answerfeed ingest FILE...`. All files are checked for readability before any is ingested, so
@@ -487,7 +489,7 @@ pub fn check_config(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let schedule = crate::daemon::Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
+    let schedule = crate::schedule::Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
         .map_err(CommandError::Usage)?;
     let mut next = Vec::new();
     let mut at = chrono::Utc::now();
@@ -529,162 +531,6 @@ pub fn check_config(
         config.fetch.overlap_days, config.fetch.first_run_days
     )?;
     Ok(())
-}
-
-/// Terminal colours for diffs, or none when output is not a terminal.
-#[derive(Debug, Clone, Copy)]
-pub struct Style {
-    pub colour: bool,
-}
-
-impl Style {
-    fn deleted(&self, text: &str) -> String {
-        if self.colour {
-            format!("\x1b[31;9m{text}\x1b[0m")
-        } else {
-            format!("[-{text}-]")
-        }
-    }
-
-    fn inserted(&self, text: &str) -> String {
-        if self.colour {
-            format!("\x1b[32m{text}\x1b[0m")
-        } else {
-            format!("{{+{text}+}}")
-        }
-    }
-}
-
-/// A word diff for reading: changes with a few words of context, long unchanged runs elided.
-pub fn render_word_diff(changes: &[crate::event::WordChange], style: Style) -> String {
-    const CONTEXT: usize = 8;
-    let mut out = String::new();
-    let last = changes.len().saturating_sub(1);
-    for (i, change) in changes.iter().enumerate() {
-        match change.op.as_str() {
-            "delete" => out.push_str(&style.deleted(&change.text)),
-            "insert" => out.push_str(&style.inserted(&change.text)),
-            _ => {
-                let words: Vec<&str> = change.text.split_whitespace().collect();
-                let keep_start = if i == 0 { 0 } else { CONTEXT };
-                let keep_end = if i == last { 0 } else { CONTEXT };
-                if words.len() <= keep_start + keep_end + 1 {
-                    out.push_str(&change.text);
-                } else {
-                    let lead = if change.text.starts_with(char::is_whitespace) {
-                        " "
-                    } else {
-                        ""
-                    };
-                    let trail = if change.text.ends_with(char::is_whitespace) {
-                        " "
-                    } else {
-                        ""
-                    };
-                    out.push_str(lead);
-                    if keep_start > 0 {
-                        out.push_str(&words[..keep_start].join(" "));
-                        out.push(' ');
-                    }
-                    out.push('…');
-                    if keep_end > 0 {
-                        out.push(' ');
-                        out.push_str(&words[words.len() - keep_end..].join(" "));
-                    }
-                    out.push_str(trail);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// One line saying what a flag found.
-pub fn describe_flag(flag: &Flag) -> String {
-    let about = flag
-        .question
-        .as_ref()
-        .map(|q| format!("{q}: "))
-        .unwrap_or_default();
-    let what = match &flag.detail {
-        FlagDetail::AnswerChanged {
-            previous_seq,
-            ratio,
-            changes,
-            ..
-        } => {
-            let deleted = changes.iter().filter(|c| c.op == "delete").count();
-            let inserted = changes.iter().filter(|c| c.op == "insert").count();
-            format!(
-                "answer changed since #{previous_seq} ({deleted} deletions, {inserted} insertions, similarity {ratio:.3})"
-            )
-        }
-        FlagDetail::TrackedListChanged {
-            title,
-            added,
-            removed,
-            set,
-            previous_seq,
-            late,
-            ..
-        } => {
-            let mut parts = Vec::new();
-            if !removed.is_empty() {
-                parts.push(format!("removed {}", removed.join(", ")));
-            }
-            if !added.is_empty() {
-                parts.push(format!("added {}", added.join(", ")));
-            }
-            format!(
-                "{title}: {} since #{previous_seq}{}; now {}",
-                parts.join("; "),
-                if *late { " (arrived late)" } else { "" },
-                set.join(", ")
-            )
-        }
-        FlagDetail::DuplicateAnswer {
-            of_question,
-            of_seq,
-            exact,
-            ratio,
-            ..
-        } => {
-            if *exact {
-                format!("same answer as {of_question} (#{of_seq})")
-            } else {
-                format!("nearly the same answer as {of_question} (#{of_seq}, similarity {ratio:.3})")
-            }
-        }
-        FlagDetail::FigureChanged {
-            force,
-            period,
-            measure,
-            previous_value,
-            value,
-            previous_question,
-            previous_seq,
-            ..
-        } => format!(
-            "{force}, {period}, {measure}: {value} here, {previous_value} in {previous_question} (#{previous_seq})"
-        ),
-        FlagDetail::TotalMismatch {
-            table,
-            column,
-            group,
-            stated,
-            summed,
-            ..
-        } => format!(
-            "table {}: the total{} of column {column:?} says {stated} but its rows sum to {summed}",
-            table + 1,
-            if group.is_empty() {
-                String::new()
-            } else {
-                format!(" for {group}")
-            }
-        ),
-    };
-    format!("{about}{what}")
 }
 
 /// `answerfeed flags [--kind K] [--since DATE]`.
@@ -1014,4 +860,104 @@ fn csv_line(fields: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `answerfeed alerts list`.
+pub fn alerts_list(log: &EventLog, json: bool, out: &mut dyn Write) -> Result<(), CommandError> {
+    let mut items = crate::alert::outbox(log)?;
+    items.reverse();
+    for item in items {
+        if json {
+            serde_json::to_writer(&mut *out, &item).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+            continue;
+        }
+        let state = match item.state {
+            crate::alert::ItemState::Pending if item.attempts > 0 => "retrying",
+            crate::alert::ItemState::Pending => "pending",
+            crate::alert::ItemState::Sending => "sending",
+            crate::alert::ItemState::Sent => "sent",
+        };
+        writeln!(
+            out,
+            "{}  {state:<8} {} -> {}  events {:?}{}",
+            item.id,
+            item.kind,
+            item.recipient,
+            item.seqs,
+            item.last_error
+                .as_deref()
+                .map(|e| format!("  (attempts {}, last error: {e})", item.attempts))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// `answerfeed alerts preview ID`: the email as it would be sent.
+pub fn alerts_preview(
+    log: &EventLog,
+    config: &crate::config::Config,
+    id: &str,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let item = crate::alert::outbox(log)?
+        .into_iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| {
+            CommandError::Usage(format!("no alert {id:?} in the outbox (see 'alerts list')"))
+        })?;
+    let rendered = crate::alert::render(log, config, &item)?;
+    writeln!(out, "To: {}", item.recipient)?;
+    writeln!(out, "Subject: {}", rendered.subject)?;
+    writeln!(out, "Message-ID: {}", item.message_id)?;
+    writeln!(out, "\n--- text/plain ---\n{}", rendered.text)?;
+    writeln!(out, "--- text/html ---\n{}", rendered.html)?;
+    Ok(())
+}
+
+/// `answerfeed alerts send-test RECIPIENT`.
+pub fn alerts_send_test(
+    config: &crate::config::Config,
+    mailer: &dyn crate::alert::MailTransport,
+    recipient: &str,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let message = crate::alert::test_message(config, recipient)?;
+    mailer
+        .send(&message)
+        .map_err(|e| crate::alert::AlertError::Smtp(e.message))?;
+    writeln!(
+        out,
+        "test message sent to {recipient} via {}:{}",
+        config.smtp.host, config.smtp.port
+    )?;
+    Ok(())
+}
+
+/// `answerfeed alerts send`: delivers what is due now.
+pub fn alerts_send(
+    log: &mut EventLog,
+    config: &crate::config::Config,
+    mailer: &dyn crate::alert::MailTransport,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let report = crate::alert::deliver(log, config, mailer, chrono::Utc::now())?;
+    // What was just sent is in the log now: bring the outbox's view of it up to date.
+    crate::pipeline::derive(log, config)?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_value(&report).map_err(std::io::Error::from)?
+        )?;
+    } else {
+        writeln!(
+            out,
+            "alerts: {} sent, {} failed (will retry), {} waiting, {} digests made",
+            report.sent, report.failed, report.waiting, report.digests_made
+        )?;
+    }
+    Ok(())
 }

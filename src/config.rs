@@ -23,6 +23,65 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     #[serde(default)]
     pub trackers: Vec<TrackerConfig>,
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: String,
+    pub username: String,
+    pub password_file: String,
+    pub from: String,
+    pub timeout_secs: u64,
+    pub initial_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub answering_bodies: Vec<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub forces: Vec<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default = "default_answer_events")]
+    pub answer_events: Vec<String>,
+    #[serde(default)]
+    pub flag_kinds: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_digest_schedule")]
+    pub digest_schedule: String,
+    #[serde(default)]
+    pub since: String,
+}
+
+fn default_answer_events() -> Vec<String> {
+    vec![
+        "answer_observed".to_string(),
+        "answer_corrected".to_string(),
+    ]
+}
+
+fn default_mode() -> String {
+    "immediate".to_string()
+}
+
+fn default_digest_schedule() -> String {
+    "0 0 8 * * *".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -200,7 +259,7 @@ impl Config {
         let f = &self.fetch;
         crate::fetch::client::parse_base_url(&f.base_url)
             .map_err(|e| invalid(format!("fetch.base_url: {e}")))?;
-        crate::daemon::Schedule::parse(&f.schedule, &f.timezone)
+        crate::schedule::Schedule::parse(&f.schedule, &f.timezone)
             .map_err(|e| invalid(format!("fetch.schedule: {e}")))?;
         if !matches!(f.house.as_str(), "" | "Commons" | "Lords") {
             return Err(invalid(format!(
@@ -254,6 +313,85 @@ impl Config {
                 return Err(invalid(format!(
                     "tracker {:?} needs at least one subject and one sentence phrase",
                     tracker.name
+                )));
+            }
+        }
+        if !matches!(self.smtp.security.as_str(), "plain" | "starttls" | "tls") {
+            return Err(invalid(format!(
+                "smtp.security must be \"plain\", \"starttls\" or \"tls\", not {:?}",
+                self.smtp.security
+            )));
+        }
+        self.smtp
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| invalid(format!("smtp.from {:?}: {e}", self.smtp.from)))?;
+        let mut subscription_names = std::collections::BTreeSet::new();
+        for sub in &self.subscriptions {
+            let name = &sub.name;
+            if name.trim().is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !subscription_names.insert(name.clone())
+            {
+                return Err(invalid(format!(
+                    "subscription names must be unique and use letters, digits, - and _ ({name:?})"
+                )));
+            }
+            if sub.recipients.is_empty() {
+                return Err(invalid(format!("subscription {name:?} has no recipients")));
+            }
+            for r in &sub.recipients {
+                r.parse::<lettre::message::Mailbox>()
+                    .map_err(|e| invalid(format!("subscription {name:?}: recipient {r:?}: {e}")))?;
+            }
+            for topic in &sub.topics {
+                if !self.topics.iter().any(|t| &t.name == topic) {
+                    return Err(invalid(format!(
+                        "subscription {name:?}: no topic named {topic:?} in [[topics]]"
+                    )));
+                }
+            }
+            for force in &sub.forces {
+                if crate::forces::lookup(force).is_none() {
+                    return Err(invalid(format!(
+                        "subscription {name:?}: {force:?} is not a police force answerfeed knows"
+                    )));
+                }
+            }
+            for kind in &sub.flag_kinds {
+                if !crate::event::FLAG_KINDS.contains(&kind.as_str()) {
+                    return Err(invalid(format!(
+                        "subscription {name:?}: unknown flag kind {kind:?}"
+                    )));
+                }
+            }
+            for kind in &sub.answer_events {
+                if !crate::event::KINDS.contains(&kind.as_str()) {
+                    return Err(invalid(format!(
+                        "subscription {name:?}: unknown event kind {kind:?}"
+                    )));
+                }
+            }
+            match sub.mode.as_str() {
+                "immediate" => {}
+                "digest" => {
+                    crate::schedule::Schedule::parse(&sub.digest_schedule, &self.fetch.timezone)
+                        .map_err(|e| {
+                            invalid(format!("subscription {name:?}: digest_schedule: {e}"))
+                        })?;
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "subscription {name:?}: mode must be \"immediate\" or \"digest\", not {other:?}"
+                    )))
+                }
+            }
+            if !sub.since.is_empty() && crate::alert::parse_since(&sub.since).is_none() {
+                return Err(invalid(format!(
+                    "subscription {name:?}: since {:?} is not a date or RFC 3339 time",
+                    sub.since
                 )));
             }
         }

@@ -5,64 +5,26 @@
 //! cycle that overruns makes the next tick wait instead of piling up. SIGINT/SIGTERM end a sleep
 //! at once and end a cycle after its current page, flushed.
 
-use std::str::FromStr;
-
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use crate::config::Config;
 use crate::fetch::{self, ApiClient, CycleOptions, FetchError};
 use crate::log::EventLog;
 use crate::shutdown::Shutdown;
 
+pub use crate::schedule::Schedule;
+
+/// How often the daemon looks for alerts to send between fetch cycles.
+const ALERT_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(transparent)]
+    Alert(#[from] crate::alert::AlertError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
-}
-
-/// A cron expression with the time zone it is read in.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    cron: cron::Schedule,
-    tz: chrono_tz::Tz,
-}
-
-impl Schedule {
-    /// Parses a 6- or 7-field cron expression (seconds first). A 5-field crontab line is refused
-    /// with the 6-field form, rather than guessed at.
-    pub fn parse(expression: &str, timezone: &str) -> Result<Schedule, String> {
-        let fields: Vec<&str> = expression.split_whitespace().collect();
-        if fields.len() == 5 {
-            let dow_note = if fields[4].chars().any(|c| c.is_ascii_digit()) {
-                " (and note that day-of-week counts Sunday as 1 here, not 0)"
-            } else {
-                ""
-            };
-            return Err(format!(
-                "{expression:?} has 5 fields like a crontab line, but answerfeed's schedules have \
-                 6, seconds first: \"0 {expression}\"{dow_note}"
-            ));
-        }
-        let cron = cron::Schedule::from_str(expression)
-            .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))?;
-        let tz = chrono_tz::Tz::from_str(timezone).map_err(|_| {
-            format!("time zone {timezone:?} is not known (use \"UTC\" or a name such as \"Europe/London\")")
-        })?;
-        if cron.after(&Utc::now().with_timezone(&tz)).next().is_none() {
-            return Err(format!("{expression:?} never fires"));
-        }
-        Ok(Schedule { cron, tz })
-    }
-
-    /// The first tick strictly after `after`.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .after(&after.with_timezone(&self.tz))
-            .next()
-            .map(|t| t.with_timezone(&Utc))
-    }
 }
 
 /// Runs cycles on the schedule until shutdown. A failed cycle is logged (its report, with the
@@ -76,27 +38,54 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let config = &full_config.fetch;
     tracing::info!(schedule = %config.schedule, timezone = %config.timezone, "daemon started");
+    let mailer = if full_config.subscriptions.is_empty() {
+        None
+    } else {
+        Some(crate::alert::SmtpMailer::new(&full_config.smtp)?)
+    };
+    let mut next_cycle = schedule.next_after(Utc::now());
     loop {
-        let Some(next) = schedule.next_after(Utc::now()) else {
+        let Some(next) = next_cycle else {
             tracing::warn!("the schedule has no further times; stopping");
             break;
         };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tracing::debug!(next = %next, "waiting for the next cycle");
+        // Wake at the next cycle, or sooner to send alerts that are due (retries, digests).
+        let until_cycle = (next - Utc::now()).to_std().unwrap_or_default();
+        let wait = if mailer.is_some() {
+            until_cycle.min(ALERT_POLL)
+        } else {
+            until_cycle
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.requested() => break,
         }
-        let options = CycleOptions::default();
-        let (_report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
-        // Whatever reached the log, even in a failed cycle, is flagged and projected now.
-        crate::pipeline::derive(log, full_config)?;
-        match result {
-            Ok(()) => {}
-            Err(FetchError::Interrupted) => break,
-            // A lost log is not something the next tick can fix.
-            Err(FetchError::Log(e)) => return Err(FetchError::Log(e).into()),
-            Err(_) => {}
+        if Utc::now() >= next {
+            let options = CycleOptions::default();
+            let (_report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
+            // Whatever reached the log, even in a failed cycle, is flagged and projected now.
+            crate::pipeline::derive(log, full_config)?;
+            match result {
+                Ok(()) => {}
+                Err(FetchError::Interrupted) => break,
+                // A lost log is not something the next tick can fix.
+                Err(FetchError::Log(e)) => return Err(FetchError::Log(e).into()),
+                Err(_) => {}
+            }
+            // Computed from when the cycle ended: an overrun makes the next tick wait.
+            next_cycle = schedule.next_after(Utc::now());
+        }
+        if let Some(mailer) = &mailer {
+            match crate::alert::deliver(log, full_config, mailer, Utc::now()) {
+                Ok(report) if report.sent + report.failed > 0 => tracing::info!(
+                    sent = report.sent,
+                    failed = report.failed,
+                    waiting = report.waiting,
+                    "alerts"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "alert delivery failed"),
+            }
         }
         if shutdown.is_requested() {
             break;
@@ -105,39 +94,4 @@ pub async fn run(
     log.flush().map_err(FetchError::from)?;
     tracing::info!("daemon stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn six_field_expressions_parse_and_five_field_ones_get_the_six_field_form() {
-        let schedule = Schedule::parse("0 */15 * * * *", "UTC").unwrap();
-        let t = DateTime::parse_from_rfc3339("2026-01-05T10:07:30Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            schedule.next_after(t).unwrap().to_rfc3339(),
-            "2026-01-05T10:15:00+00:00"
-        );
-        let err = Schedule::parse("*/15 * * * 1", "UTC").unwrap_err();
-        assert!(err.contains("\"0 */15 * * * 1\""), "{err}");
-        assert!(err.contains("Sunday as 1"), "{err}");
-        assert!(Schedule::parse("not cron", "UTC").is_err());
-        assert!(Schedule::parse("0 0 * * * *", "Mars/Olympus").is_err());
-    }
-
-    #[test]
-    fn schedules_follow_the_configured_time_zone() {
-        // 09:00 London in summer is 08:00 UTC.
-        let schedule = Schedule::parse("0 0 9 * * *", "Europe/London").unwrap();
-        let t = DateTime::parse_from_rfc3339("2026-07-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            schedule.next_after(t).unwrap().to_rfc3339(),
-            "2026-07-01T08:00:00+00:00"
-        );
-    }
 }

@@ -130,6 +130,8 @@ pub enum Event {
         previous_seq: Option<u64>,
         record: Box<AnswerRecord>,
     },
+    /// An alert email was accepted by the mail server.
+    AlertSent { alert: AlertSent },
     /// Something the diff module noticed (a correction's word diff, a tracked list that changed, a
     /// duplicate, a figure that changed, a total that does not add up).
     FlagRaised { flag: Flag },
@@ -152,8 +154,21 @@ pub const KINDS: &[&str] = &[
     "answer_corrected",
     "question_withdrawn",
     "flag_raised",
+    "alert_sent",
     "record_quarantined",
 ];
+
+/// The record of one delivered alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertSent {
+    /// The outbox item's id (subscription, events, recipient).
+    pub id: String,
+    pub subscription: String,
+    pub recipient: String,
+    pub message_id: String,
+    /// The events the email was about.
+    pub covers: Vec<u64>,
+}
 
 /// A flag raised by the diff module about one or more events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,6 +327,7 @@ impl Event {
             Event::AnswerCorrected { .. } => "answer_corrected",
             Event::QuestionWithdrawn { .. } => "question_withdrawn",
             Event::FlagRaised { .. } => "flag_raised",
+            Event::AlertSent { .. } => "alert_sent",
             Event::RecordQuarantined { .. } => "record_quarantined",
         }
     }
@@ -320,6 +336,7 @@ impl Event {
     pub fn identity_question(&self) -> QuestionKey {
         match self {
             Event::FlagRaised { .. } => QuestionKey(FLAG_IDENTITY.to_string()),
+            Event::AlertSent { .. } => QuestionKey(ALERT_IDENTITY.to_string()),
             Event::RecordQuarantined { .. } => QuestionKey(QUARANTINE_IDENTITY.to_string()),
             other => other
                 .question()
@@ -335,7 +352,9 @@ impl Event {
             | Event::HoldingAnswerGiven { question, .. }
             | Event::AnswerCorrected { question, .. }
             | Event::QuestionWithdrawn { question, .. } => Some(question),
-            Event::FlagRaised { .. } | Event::RecordQuarantined { .. } => None,
+            Event::FlagRaised { .. }
+            | Event::AlertSent { .. }
+            | Event::RecordQuarantined { .. } => None,
         }
     }
 
@@ -346,7 +365,9 @@ impl Event {
             | Event::HoldingAnswerGiven { record, .. }
             | Event::AnswerCorrected { record, .. }
             | Event::QuestionWithdrawn { record, .. } => Some(record),
-            Event::FlagRaised { .. } | Event::RecordQuarantined { .. } => None,
+            Event::FlagRaised { .. }
+            | Event::AlertSent { .. }
+            | Event::RecordQuarantined { .. } => None,
         }
     }
 
@@ -359,6 +380,7 @@ impl Event {
             | Event::QuestionWithdrawn { previous_seq, .. } => *previous_seq,
             Event::AnswerObserved { .. }
             | Event::FlagRaised { .. }
+            | Event::AlertSent { .. }
             | Event::RecordQuarantined { .. } => None,
         }
     }
@@ -376,10 +398,12 @@ pub enum Payload {
     Answer(Box<AnswerRecord>),
     Unparseable { reason: String, raw: Vec<u8> },
     Flag(Box<Flag>),
+    AlertSent(AlertSent),
 }
 
 const QUARANTINE_IDENTITY: &str = "quarantine";
 const FLAG_IDENTITY: &str = "flag";
+const ALERT_IDENTITY: &str = "alert";
 
 impl Observation {
     /// The identity under which idempotency is decided, and the content hash.
@@ -400,6 +424,11 @@ impl Observation {
                 hex(&Sha256::digest(
                     serde_json::to_vec(flag).unwrap_or_default(),
                 )),
+            ),
+            // One delivery record per outbox item, whatever else differs.
+            Payload::AlertSent(sent) => (
+                QuestionKey(ALERT_IDENTITY.to_string()),
+                hex(&Sha256::digest(sent.id.as_bytes())),
             ),
         }
     }
@@ -481,6 +510,162 @@ pub fn fingerprint_answer(record: &AnswerRecord) -> String {
         }
     }
     hex(&h.finalize())
+}
+
+/// Terminal colours for diffs, or none when output is not a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub colour: bool,
+}
+
+impl Style {
+    fn deleted(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[31;9m{text}\x1b[0m")
+        } else {
+            format!("[-{text}-]")
+        }
+    }
+
+    fn inserted(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[32m{text}\x1b[0m")
+        } else {
+            format!("{{+{text}+}}")
+        }
+    }
+}
+
+/// A word diff for reading: changes with a few words of context, long unchanged runs elided.
+pub fn render_word_diff(changes: &[WordChange], style: Style) -> String {
+    const CONTEXT: usize = 8;
+    let mut out = String::new();
+    let last = changes.len().saturating_sub(1);
+    for (i, change) in changes.iter().enumerate() {
+        match change.op.as_str() {
+            "delete" => out.push_str(&style.deleted(&change.text)),
+            "insert" => out.push_str(&style.inserted(&change.text)),
+            _ => {
+                let words: Vec<&str> = change.text.split_whitespace().collect();
+                let keep_start = if i == 0 { 0 } else { CONTEXT };
+                let keep_end = if i == last { 0 } else { CONTEXT };
+                if words.len() <= keep_start + keep_end + 1 {
+                    out.push_str(&change.text);
+                } else {
+                    let lead = if change.text.starts_with(char::is_whitespace) {
+                        " "
+                    } else {
+                        ""
+                    };
+                    let trail = if change.text.ends_with(char::is_whitespace) {
+                        " "
+                    } else {
+                        ""
+                    };
+                    out.push_str(lead);
+                    if keep_start > 0 {
+                        out.push_str(&words[..keep_start].join(" "));
+                        out.push(' ');
+                    }
+                    out.push('…');
+                    if keep_end > 0 {
+                        out.push(' ');
+                        out.push_str(&words[words.len() - keep_end..].join(" "));
+                    }
+                    out.push_str(trail);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One line saying what a flag found.
+pub fn describe_flag(flag: &Flag) -> String {
+    let about = flag
+        .question
+        .as_ref()
+        .map(|q| format!("{q}: "))
+        .unwrap_or_default();
+    let what = match &flag.detail {
+        FlagDetail::AnswerChanged {
+            previous_seq,
+            ratio,
+            changes,
+            ..
+        } => {
+            let deleted = changes.iter().filter(|c| c.op == "delete").count();
+            let inserted = changes.iter().filter(|c| c.op == "insert").count();
+            format!(
+                "answer changed since #{previous_seq} ({deleted} deletions, {inserted} insertions, similarity {ratio:.3})"
+            )
+        }
+        FlagDetail::TrackedListChanged {
+            title,
+            added,
+            removed,
+            set,
+            previous_seq,
+            late,
+            ..
+        } => {
+            let mut parts = Vec::new();
+            if !removed.is_empty() {
+                parts.push(format!("removed {}", removed.join(", ")));
+            }
+            if !added.is_empty() {
+                parts.push(format!("added {}", added.join(", ")));
+            }
+            format!(
+                "{title}: {} since #{previous_seq}{}; now {}",
+                parts.join("; "),
+                if *late { " (arrived late)" } else { "" },
+                set.join(", ")
+            )
+        }
+        FlagDetail::DuplicateAnswer {
+            of_question,
+            of_seq,
+            exact,
+            ratio,
+            ..
+        } => {
+            if *exact {
+                format!("same answer as {of_question} (#{of_seq})")
+            } else {
+                format!("nearly the same answer as {of_question} (#{of_seq}, similarity {ratio:.3})")
+            }
+        }
+        FlagDetail::FigureChanged {
+            force,
+            period,
+            measure,
+            previous_value,
+            value,
+            previous_question,
+            previous_seq,
+            ..
+        } => format!(
+            "{force}, {period}, {measure}: {value} here, {previous_value} in {previous_question} (#{previous_seq})"
+        ),
+        FlagDetail::TotalMismatch {
+            table,
+            column,
+            group,
+            stated,
+            summed,
+            ..
+        } => format!(
+            "table {}: the total{} of column {column:?} says {stated} but its rows sum to {summed}",
+            table + 1,
+            if group.is_empty() {
+                String::new()
+            } else {
+                format!(" for {group}")
+            }
+        ),
+    };
+    format!("{about}{what}")
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

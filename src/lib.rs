@@ -4,6 +4,7 @@
 //! Data flows one way: sources (`ingest` for files) -> `parse` -> `log`. The log is the only
 //! source of truth; see ARCHITECTURE.md for the codemap and the invariants.
 
+pub mod alert;
 pub mod commands;
 pub mod config;
 pub mod daemon;
@@ -19,6 +20,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod project;
 pub mod record;
+pub mod schedule;
 pub mod shutdown;
 pub mod stats;
 

@@ -244,6 +244,7 @@ impl EventLog {
                 }
                 Payload::Unparseable { reason, raw } => quarantined(reason, raw),
                 Payload::Flag(flag) => Event::FlagRaised { flag: *flag },
+                Payload::AlertSent(alert) => Event::AlertSent { alert },
             };
             let kind = event.kind();
             let revises = event.previous_seq().is_some();

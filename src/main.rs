@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use answerfeed::commands::{self, CommandError};
 use answerfeed::config::{Config, LogFormat};
-use answerfeed::daemon::Schedule;
 use answerfeed::fetch::{ApiClient, FetchError};
 use answerfeed::ingest::{Format, IngestOptions};
 use answerfeed::log::{EventLog, StoreOptions};
 use answerfeed::project::QuestionFilter;
 use answerfeed::record::FeedOrder;
+use answerfeed::schedule::Schedule;
 use answerfeed::shutdown::Shutdown;
 
 #[derive(Parser, Debug)]
@@ -120,6 +120,11 @@ enum Command {
     },
     /// Drop every projection and replay the log; prints the views' digest before and after
     Rebuild,
+    /// Alert emails: the outbox, previews, a test message, sending now
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
     /// Check every stored event: checksum, sequence continuity, decoding, index
     Verify,
     /// Pull new and changed answers from the Parliament API: one cycle, then a summary
@@ -147,6 +152,18 @@ enum Command {
     CheckConfig,
     /// Ingest the bundled sample into a fresh data dir and show what was found
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum AlertsAction {
+    /// The outbox: alerts waiting, being sent and sent
+    List,
+    /// Render one alert (an id from 'alerts list') to stdout
+    Preview { id: String },
+    /// Send a test message through the configured SMTP server
+    SendTest { recipient: String },
+    /// Send the alerts that are due now (the daemon does this on its own)
+    Send,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -431,6 +448,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             ExitCode::SUCCESS
         }
+        Command::Alerts { action } => {
+            match action {
+                AlertsAction::List => {
+                    let log = open_derived(&data_dir, store, &config)?;
+                    commands::alerts_list(&log, cli.json, &mut out)?;
+                }
+                AlertsAction::Preview { id } => {
+                    let log = open_derived(&data_dir, store, &config)?;
+                    usage(commands::alerts_preview(&log, &config, &id, &mut out))?;
+                }
+                AlertsAction::SendTest { recipient } => {
+                    let mailer = answerfeed::alert::SmtpMailer::new(&config.smtp)?;
+                    commands::alerts_send_test(&config, &mailer, &recipient, &mut out)?;
+                }
+                AlertsAction::Send => {
+                    let mut log = open_derived(&data_dir, store, &config)?;
+                    let mailer = answerfeed::alert::SmtpMailer::new(&config.smtp)?;
+                    commands::alerts_send(&mut log, &config, &mailer, cli.json, &mut out)?;
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig => {
             let origin = cli
                 .config
@@ -475,9 +514,9 @@ fn usage<T>(result: Result<T, CommandError>) -> anyhow::Result<T> {
 }
 
 /// Colour diffs only for a person at a terminal.
-fn style() -> commands::Style {
+fn style() -> answerfeed::event::Style {
     use std::io::IsTerminal;
-    commands::Style {
+    answerfeed::event::Style {
         colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     }
 }

@@ -235,7 +235,7 @@ fn apply(
                 }
             }
         }
-        Event::RecordQuarantined { .. } => {}
+        Event::RecordQuarantined { .. } | Event::AlertSent { .. } => {}
         event => {
             let (Some(question), Some(record)) = (event.question(), event.record()) else {
                 return Ok(());
@@ -363,7 +363,7 @@ pub fn topic_matches(topic: &TopicConfig, record: &AnswerRecord) -> bool {
         .any(|k| contains_word(&text, &k.to_lowercase()))
 }
 
-fn contains_word(text: &str, word: &str) -> bool {
+pub fn contains_word(text: &str, word: &str) -> bool {
     if word.is_empty() {
         return false;
     }

@@ -3,3 +3,4 @@
 #![allow(dead_code)]
 
 pub mod api_server;
+pub mod smtp;
