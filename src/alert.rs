@@ -276,6 +276,13 @@ fn queue_event(
     now: &str,
 ) -> Result<u64, AlertError> {
     if let Event::AlertSent { alert } = &envelope.event {
+        // A digest that was sent covers its events: they leave the queue (this matters when the
+        // outbox is rebuilt from the log, e.g. after a restore).
+        if alert.id.contains(".digest.") {
+            for seq in &alert.covers {
+                state.remove(key(&["dq", &alert.subscription, &format!("{seq:020}")]));
+            }
+        }
         let k = key(&["o", &alert.id]);
         if let Some(mut item) = state.get_json::<OutboxItem>(&k)? {
             item.state = ItemState::Sent;
@@ -343,6 +350,44 @@ fn queue_event(
         }
     }
     Ok(queued)
+}
+
+/// The alert consumer's checkpoint.
+pub fn checkpoint(log: &EventLog) -> Result<u64, AlertError> {
+    Ok(log
+        .db()
+        .open_tree(TREE)?
+        .get(CHECKPOINT)?
+        .and_then(|v| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0))
+}
+
+/// Subscription start times, for backups (they are not in the log).
+pub fn start_times(log: &EventLog) -> Result<Vec<crate::overlay::Entry>, AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    let mut out = Vec::new();
+    for entry in tree.scan_prefix(prefix(&["start"])) {
+        let (k, v) = entry?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Writes subscription start times into a (restored) data dir.
+pub fn restore_start_times(
+    log: &EventLog,
+    times: &[crate::overlay::Entry],
+) -> Result<(), AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    for (k, v) in times {
+        tree.insert(k.as_slice(), v.as_slice())?;
+    }
+    log.flush()?;
+    Ok(())
 }
 
 /// Every outbox item, oldest first.

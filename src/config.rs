@@ -26,6 +26,14 @@ pub struct Config {
     pub smtp: SmtpConfig,
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    pub listen: String,
+    pub ready_intervals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -315,6 +323,12 @@ impl Config {
                     tracker.name
                 )));
             }
+        }
+        if self.ops.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(format!(
+                "ops.listen must be an address such as \"127.0.0.1:8477\", not {:?}",
+                self.ops.listen
+            )));
         }
         if !matches!(self.smtp.security.as_str(), "plain" | "starttls" | "tls") {
             return Err(invalid(format!(

@@ -35,8 +35,22 @@ pub async fn run(
     full_config: &Config,
     schedule: &Schedule,
     shutdown: &Shutdown,
+    ops_listener: Option<tokio::net::TcpListener>,
 ) -> Result<(), DaemonError> {
     let config = &full_config.fetch;
+    let metrics = std::sync::Arc::new(crate::ops::Metrics::default());
+    let server = ops_listener.map(|listener| {
+        let state = std::sync::Arc::new(crate::ops::OpsState {
+            log: log.clone(),
+            config: full_config.clone(),
+            metrics: metrics.clone(),
+            schedule: schedule.clone(),
+        });
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "ops endpoint listening");
+        }
+        tokio::spawn(crate::ops::serve(listener, state, shutdown.clone()))
+    });
     tracing::info!(schedule = %config.schedule, timezone = %config.timezone, "daemon started");
     let mailer = if full_config.subscriptions.is_empty() {
         None
@@ -62,9 +76,11 @@ pub async fn run(
         }
         if Utc::now() >= next {
             let options = CycleOptions::default();
-            let (_report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
+            let (report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
             // Whatever reached the log, even in a failed cycle, is flagged and projected now.
             crate::pipeline::derive(log, full_config)?;
+            // Counted once its events are in the views, so a cycle seen in /metrics is queryable.
+            metrics.record_cycle(&report);
             match result {
                 Ok(()) => {}
                 Err(FetchError::Interrupted) => break,
@@ -76,7 +92,15 @@ pub async fn run(
             next_cycle = schedule.next_after(Utc::now());
         }
         if let Some(mailer) = &mailer {
-            match crate::alert::deliver(log, full_config, mailer, Utc::now()) {
+            let delivered = crate::alert::deliver(log, full_config, mailer, Utc::now());
+            if let Ok(report) = &delivered {
+                metrics.record_delivery(report);
+                if report.sent > 0 {
+                    // Record the deliveries in the outbox's view of the log right away.
+                    crate::pipeline::derive(log, full_config)?;
+                }
+            }
+            match delivered {
                 Ok(report) if report.sent + report.failed > 0 => tracing::info!(
                     sent = report.sent,
                     failed = report.failed,
@@ -92,6 +116,10 @@ pub async fn run(
         }
     }
     log.flush().map_err(FetchError::from)?;
+    shutdown.request();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     tracing::info!("daemon stopped");
     Ok(())
 }

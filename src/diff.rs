@@ -587,6 +587,20 @@ fn seeds(i: u64) -> (u64, u64) {
     (mix(2 * i) | 1, mix(2 * i + 1))
 }
 
+/// The diff module's checkpoint.
+pub fn checkpoint(log: &EventLog) -> Result<u64, DiffError> {
+    Ok(log
+        .db()
+        .open_tree(TREE)?
+        .get(CHECKPOINT)?
+        .and_then(|v| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0))
+}
+
 /// A digest of the diff module's state, to compare runs.
 pub fn state_digest(log: &EventLog) -> Result<String, DiffError> {
     Ok(crate::overlay::tree_digest(&log.db().open_tree(TREE)?)?)

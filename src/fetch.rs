@@ -100,6 +100,11 @@ pub struct CycleReport {
     pub retries: u64,
     pub sweeps_repeated: u64,
     pub watermark: Option<NaiveDate>,
+    /// Events appended, by kind.
+    #[serde(default)]
+    pub appended_by_kind: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 /// The key under which a source's state is kept: the base URL and the filters, so that a
@@ -194,6 +199,7 @@ async fn cycle_with_report(
         started_at: crate::ingest::now_rfc3339(),
         ..CycleReport::default()
     };
+    let clock = std::time::Instant::now();
     let retries_before = client
         .stats
         .retries
@@ -205,6 +211,7 @@ async fn cycle_with_report(
         .load(std::sync::atomic::Ordering::Relaxed)
         - retries_before;
     report.finished_at = crate::ingest::now_rfc3339();
+    report.duration_ms = clock.elapsed().as_millis() as u64;
     report.outcome = match &result {
         Ok(()) => "ok".to_string(),
         Err(FetchError::Interrupted) => "interrupted".to_string(),
@@ -322,7 +329,12 @@ async fn read_window(
             if shutdown.is_requested() {
                 return Err(FetchError::Interrupted);
             }
-            let (url, page) = client.list_page(query, skip).await?;
+            let page_span =
+                tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
+            let (url, page) = client
+                .list_page(query, skip)
+                .instrument(page_span.clone())
+                .await?;
             let total = page.total_results.unwrap_or(0);
             if *first_total.get_or_insert(total) != total {
                 stable = false;
@@ -343,7 +355,9 @@ async fn read_window(
                 }
             }
             let count = page.items.len() as u64;
-            handle_page(log, client, &url, page.items, skip, &mut done, report).await?;
+            handle_page(log, client, &url, page.items, skip, &mut done, report)
+                .instrument(page_span.clone())
+                .await?;
             bar.set_message(format!(
                 "{} {}..{}: {} pages, {} appended",
                 query.field.name(),
@@ -352,7 +366,9 @@ async fn read_window(
                 report.pages,
                 report.appended
             ));
-            tracing::info!(url = %url, records = count, total, appended = report.appended, "page");
+            page_span.in_scope(|| {
+                tracing::info!(url = %url, records = count, total, appended = report.appended, "page")
+            });
             if count == 0 || skip + count >= total {
                 break;
             }
@@ -442,6 +458,7 @@ async fn handle_page(
         match outcome {
             Appended::New { kind, .. } => {
                 report.appended += 1;
+                *report.appended_by_kind.entry(kind.to_string()).or_default() += 1;
                 if *kind == "record_quarantined" {
                     report.quarantined += 1;
                 }

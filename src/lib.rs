@@ -15,6 +15,7 @@ pub mod forces;
 pub mod gazetteer;
 pub mod ingest;
 pub mod log;
+pub mod ops;
 pub mod overlay;
 pub mod parse;
 pub mod pipeline;

@@ -137,12 +137,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// The log. Clones share the same open database and lock (for the daemon's read-only HTTP
+/// handlers); only one writer appends, the daemon's main loop.
+#[derive(Clone)]
 pub struct EventLog {
     dir: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
     /// Held for the life of the log: the OS releases it if the process dies.
-    _lock: File,
+    _lock: std::sync::Arc<File>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -174,7 +177,7 @@ impl EventLog {
             dir: dir.to_path_buf(),
             db,
             tree,
-            _lock: lock,
+            _lock: std::sync::Arc::new(lock),
         })
     }
 
@@ -374,6 +377,47 @@ impl EventLog {
     pub fn flush(&self) -> Result<(), LogError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Copies events `1..=upto` of `source` into this (empty) log byte for byte, checksums
+    /// included, and rebuilds the indexes from them. The copy of an append-only log up to a head
+    /// read beforehand is consistent even while the source is being appended to.
+    pub fn copy_events_from(&mut self, source: &EventLog, upto: u64) -> Result<u64, LogError> {
+        if self.head()? != 0 {
+            return Err(LogError::Corrupt {
+                seq: 0,
+                problem: "copy target is not empty".to_string(),
+            });
+        }
+        let mut copied = 0u64;
+        let mut batch = sled::Batch::default();
+        for entry in source.tree.range(event_key(1)..=event_key(upto)) {
+            let (key, value) = entry?;
+            let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                seq: 0,
+                problem: format!("malformed event key {key:?}"),
+            })?;
+            let envelope = decode_envelope(seq, &value)?;
+            batch.insert(key.to_vec(), value.to_vec());
+            let question = envelope.event.identity_question();
+            batch.insert(
+                identity_key(&question, &envelope.content_hash),
+                seq.to_be_bytes().to_vec(),
+            );
+            if envelope.event.record().is_some() {
+                batch.insert(
+                    head_key(&question),
+                    encode_head(seq, &envelope.content_hash),
+                );
+            }
+            copied += 1;
+            if copied.is_multiple_of(1000) {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(copied)
     }
 
     /// Raw access to the stored bytes of an event, for tests that simulate corruption.

@@ -11,7 +11,8 @@ use answerfeed::commands::{self, CommandError};
 use answerfeed::config::{Config, LogFormat};
 use answerfeed::fetch::{ApiClient, FetchError};
 use answerfeed::ingest::{Format, IngestOptions};
-use answerfeed::log::{EventLog, StoreOptions};
+use answerfeed::log::{EventLog, LogError, StoreOptions};
+use answerfeed::ops::{Remote, RemoteRequest};
 use answerfeed::project::QuestionFilter;
 use answerfeed::record::FeedOrder;
 use answerfeed::schedule::Schedule;
@@ -150,6 +151,14 @@ enum Command {
     },
     /// Validate the configuration (file, environment) and show what it means
     CheckConfig,
+    /// The state of things: last cycle, watermark, log, consumers, outbox, disk use
+    Status,
+    /// Write a consistent copy of the data dir to DIR (new or empty); safe while the daemon runs
+    Backup { dir: PathBuf },
+    /// Restore a backup into the data dir (which must be new or empty)
+    Restore { from: PathBuf },
+    /// Rewrite the data dir compactly (the daemon must be stopped); keeps the old one beside it
+    Compact,
     /// Ingest the bundled sample into a fresh data dir and show what was found
     Demo,
 }
@@ -258,13 +267,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
 
+    if let Some(remote) = remote_command(&cli.command) {
+        match EventLog::open(&data_dir, store) {
+            Ok(log) => drop(log),
+            Err(LogError::Locked { .. }) => {
+                return forward_to_daemon(&config, remote, cli.json, &mut out);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let code = match cli.command {
         Command::Ingest {
             files,
             format,
             oldest_first,
         } => {
-            let mut log = EventLog::open(&data_dir, store)?;
+            let mut log = open_for_write(&data_dir, store, "ingest")?;
             let options = IngestOptions {
                 format: match format {
                     FormatArg::Auto => Format::Auto,
@@ -353,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Command::Rebuild => {
-            let mut log = EventLog::open(&data_dir, store)?;
+            let mut log = open_for_write(&data_dir, store, "rebuild")?;
             // Flags first: the views include them.
             answerfeed::pipeline::derive(&mut log, &config)?;
             let (before, after, report) = answerfeed::project::rebuild(&log, &config.topics)?;
@@ -402,7 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(url) = base_url {
                 config.fetch.base_url = url;
             }
-            let mut log = EventLog::open(&data_dir, store)?;
+            let mut log = open_for_write(&data_dir, store, "fetch")?;
             let options = answerfeed::fetch::CycleOptions {
                 since,
                 until,
@@ -438,12 +456,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let schedule = Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
                 .map_err(|e| anyhow::anyhow!("fetch.schedule: {e}"))?;
-            let mut log = EventLog::open(&data_dir, store)?;
-            runtime()?.block_on(async {
+            let mut log = open_for_write(&data_dir, store, "daemon")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.ops.listen)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on ops.listen {}", config.ops.listen)
+                    })?;
                 let shutdown = Shutdown::new();
                 shutdown.install_signal_handlers()?;
                 let client = ApiClient::new(&config.fetch, shutdown.clone())?;
-                answerfeed::daemon::run(&mut log, &client, &config, &schedule, &shutdown).await?;
+                answerfeed::daemon::run(
+                    &mut log,
+                    &client,
+                    &config,
+                    &schedule,
+                    &shutdown,
+                    Some(listener),
+                )
+                .await?;
                 anyhow::Ok(())
             })?;
             ExitCode::SUCCESS
@@ -463,11 +499,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     commands::alerts_send_test(&config, &mailer, &recipient, &mut out)?;
                 }
                 AlertsAction::Send => {
-                    let mut log = open_derived(&data_dir, store, &config)?;
+                    let mut log = open_for_write(&data_dir, store, "alerts send")?;
+                    answerfeed::pipeline::derive(&mut log, &config)?;
                     let mailer = answerfeed::alert::SmtpMailer::new(&config.smtp)?;
                     commands::alerts_send(&mut log, &config, &mailer, cli.json, &mut out)?;
                 }
             }
+            ExitCode::SUCCESS
+        }
+        Command::Status => {
+            let log = open_derived(&data_dir, store, &config)?;
+            answerfeed::ops::print_status(&answerfeed::ops::status(&log)?, cli.json, &mut out)?;
+            ExitCode::SUCCESS
+        }
+        Command::Backup { dir } => {
+            let log = EventLog::open(&data_dir, store)?;
+            let report = answerfeed::ops::backup(&log, &dir)?;
+            answerfeed::ops::print_backup(&report, cli.json, &mut out)?;
+            ExitCode::SUCCESS
+        }
+        Command::Restore { from } => {
+            if std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some()) {
+                anyhow::bail!(
+                    "restore needs a new or empty data dir, and {} is not empty",
+                    data_dir.display()
+                );
+            }
+            let source = EventLog::open(&from, store)
+                .with_context(|| format!("cannot open the backup {}", from.display()))?;
+            let report = answerfeed::ops::backup(&source, &data_dir)?;
+            drop(source);
+            let mut log = EventLog::open(&data_dir, store)?;
+            answerfeed::pipeline::derive(&mut log, &config)?;
+            writeln!(
+                out,
+                "restored {} events from {} into {}; views, flags and the outbox were derived again",
+                report.events,
+                from.display(),
+                data_dir.display()
+            )?;
+            ExitCode::SUCCESS
+        }
+        Command::Compact => {
+            drop(open_for_write(&data_dir, store, "compact")?);
+            answerfeed::ops::compact(&data_dir, &config, &mut out)?;
             ExitCode::SUCCESS
         }
         Command::CheckConfig => {
@@ -492,6 +567,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     out.flush()?;
     Ok(code)
+}
+
+/// The read-only commands that can be answered by a running daemon.
+fn remote_command(command: &Command) -> Option<Remote> {
+    Some(match command {
+        Command::Status => Remote::Status,
+        Command::Events { from, limit } => Remote::Events {
+            from: *from,
+            limit: *limit,
+        },
+        Command::Questions {
+            topic,
+            body,
+            member,
+            force,
+            limit,
+        } => Remote::Questions {
+            topic: topic.clone(),
+            body: body.clone(),
+            member: member.clone(),
+            force: force.clone(),
+            limit: *limit,
+        },
+        Command::Show { id } => Remote::Show { id: id.clone() },
+        Command::Stats { force, measure } => Remote::Stats {
+            force: force.clone(),
+            measure: measure.clone(),
+        },
+        Command::Flags { kind, since } => Remote::Flags {
+            kind: kind.clone(),
+            since: *since,
+        },
+        Command::Duplicates => Remote::Duplicates,
+        Command::Export { format, view } => Remote::Export {
+            format: format.clone(),
+            view: view.clone(),
+        },
+        Command::Verify => Remote::Verify,
+        Command::Alerts {
+            action: AlertsAction::List,
+        } => Remote::AlertsList,
+        Command::Alerts {
+            action: AlertsAction::Preview { id },
+        } => Remote::AlertsPreview { id: id.clone() },
+        Command::Backup { dir } => Remote::Backup {
+            // The daemon may run in another directory: give it an absolute path.
+            dir: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        },
+        _ => return None,
+    })
+}
+
+/// Runs a read-only command in the daemon that holds the data dir, and prints its answer.
+fn forward_to_daemon(
+    config: &Config,
+    command: Remote,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let request = RemoteRequest {
+        command,
+        json,
+        colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let response = runtime()?
+        .block_on(answerfeed::ops::forward(&config.ops.listen, &request))
+        .context("the data dir is held by a running daemon, and asking it failed")?;
+    out.write_all(response.stdout.as_bytes())?;
+    out.flush()?;
+    if let Some(error) = response.error {
+        eprintln!("error: {error}");
+    }
+    Ok(ExitCode::from(response.exit_code))
+}
+
+/// Opens the log for a command that writes to it, with a clear word when the daemon holds it.
+fn open_for_write(
+    data_dir: &std::path::Path,
+    store: StoreOptions,
+    what: &str,
+) -> anyhow::Result<EventLog> {
+    match EventLog::open(data_dir, store) {
+        Err(LogError::Locked { holder, .. }) => anyhow::bail!(
+            "'{what}' writes to the data dir {}, which a running answerfeed{holder} holds; stop it first (the daemon fetches and sends alerts by itself)",
+            data_dir.display()
+        ),
+        other => Ok(other?),
+    }
 }
 
 /// Opens the log and brings flags and views up to its head, for commands that read views.

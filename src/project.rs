@@ -192,6 +192,16 @@ fn apply(
     topics: &[TopicConfig],
     envelope: &Envelope,
 ) -> Result<(), ProjectError> {
+    let counter = key(&["n", envelope.event.kind()]);
+    let count = state
+        .get(&counter)?
+        .and_then(|v| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        })
+        .unwrap_or(0);
+    state.put(counter, (count + 1).to_be_bytes().to_vec());
     match &envelope.event {
         Event::FlagRaised { flag } => {
             let seq = seq_text(envelope.seq);
@@ -491,6 +501,26 @@ impl Views {
                 })
             })
         })
+    }
+
+    /// How many events of each kind the log holds (as far as the views have read it).
+    pub fn counts_by_kind(&self) -> Result<Vec<(String, u64)>, ProjectError> {
+        let mut counts = Vec::new();
+        for entry in self.tree.scan_prefix(prefix(&["n"])) {
+            let (k, v) = entry?;
+            let kind = String::from_utf8_lossy(&k)
+                .rsplit(SEP)
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let n = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            counts.push((kind, n));
+        }
+        Ok(counts)
     }
 
     /// Sequence numbers of flags, of one kind or all, in log order.
