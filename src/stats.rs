@@ -73,7 +73,12 @@ pub fn statistics(record: &AnswerRecord) -> Vec<Statistic> {
         let Some(force_col) = table.force_column else {
             continue;
         };
-        let title = table.title.clone().unwrap_or_default();
+        // With no title, the answer's heading (or its question) says what the table counts, so
+        // figures from unrelated untitled tables never share a measure.
+        let title = table
+            .title
+            .clone()
+            .unwrap_or_else(|| fallback_measure(record));
         for (r, row) in table.rows.iter().enumerate() {
             let Some(force) = row.force.as_ref().filter(|_| !row.total) else {
                 continue;
@@ -117,6 +122,16 @@ pub fn statistics(record: &AnswerRecord) -> Vec<Statistic> {
         }
     }
     out
+}
+
+fn fallback_measure(record: &AnswerRecord) -> String {
+    match record.api.as_ref().and_then(|a| a.heading.clone()) {
+        Some(heading) => heading,
+        None => {
+            let words: Vec<&str> = record.question_text.split_whitespace().take(16).collect();
+            words.join(" ")
+        }
+    }
 }
 
 /// The row's period (a text cell that looks like one) and its other text cells (qualifiers).

@@ -1,0 +1,448 @@
+//! Throughput benchmark: `cargo bench --bench throughput` (release build).
+//!
+//! Generates realistic synthetic API records (HTML answers with paragraphs and tables, members,
+//! bodies, 1-3 KB each, a share of corrections, holding answers and near-duplicates), then
+//! measures, each on a fresh data dir:
+//!   - ingest of recorded API data from a local file (parse + log append), answers/s;
+//!   - a full backfill over HTTP from a local API server (fetch cycle), answers/s;
+//!   - deriving flags, views and the outbox over the whole log;
+//!   - `rebuild` of the views;
+//!   - duplicate detection alone at N/4, N/2 and N (to show how it grows);
+//!   - an idle cycle (nothing new): CPU time and bytes written;
+//!   - peak RSS and log bytes per answer.
+//!
+//! `BENCH_N` sets the number of answers (default 20,000; the README reports 200,000 runs).
+//! Prints one line per figure; run it a few times and take the median.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use answerfeed::config::Config;
+use answerfeed::fetch::{self, ApiClient, CycleOptions};
+use answerfeed::log::{EventLog, StoreOptions};
+use answerfeed::shutdown::Shutdown;
+
+fn main() {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    println!(
+        "answerfeed throughput benchmark, {n} answers, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let records = generate(n);
+    let total_bytes: usize = records.iter().map(|r| r.json.len()).sum();
+    println!(
+        "generated: {} records, {:.1} MB of JSON ({} bytes/record)",
+        n,
+        total_bytes as f64 / 1e6,
+        total_bytes / n.max(1)
+    );
+    let config = Config::defaults().expect("defaults");
+
+    // 1. Ingest from a local file.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("records.jsonl");
+    {
+        let mut f = std::fs::File::create(&file).expect("file");
+        for r in &records {
+            f.write_all(r.json.as_bytes()).expect("write");
+            f.write_all(b"\n").expect("write");
+        }
+    }
+    let dir = tmp.path().join("ingest");
+    let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
+    let started = Instant::now();
+    let bytes = std::fs::read(&file).expect("read");
+    let items = answerfeed::parse::api::decode_recorded(&bytes).expect("decode");
+    let summary = answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+    let ingest = started.elapsed();
+    report("ingest (file -> parse -> log)", n, ingest);
+    assert_eq!(summary.records, n);
+    let started = Instant::now();
+    let derived = answerfeed::pipeline::derive(&mut log, &config).expect("derive");
+    let derive = started.elapsed();
+    report("derive (flags + views + outbox)", n, derive);
+    println!("  flags raised: {}", derived.diff.flags_raised);
+    let views = answerfeed::project::Views::open(&log).expect("views");
+    for kind in answerfeed::event::FLAG_KINDS {
+        println!(
+            "    {kind}: {}",
+            views.flag_seqs(Some(kind)).map(|s| s.len()).unwrap_or(0)
+        );
+    }
+    let started = Instant::now();
+    let (before, after, _) = answerfeed::project::rebuild(&log, &config.topics).expect("rebuild");
+    println!(
+        "rebuild of the views: {:.2} s (identical: {})",
+        started.elapsed().as_secs_f64(),
+        before == after
+    );
+    let disk = answerfeed::ops::dir_bytes(&dir);
+    println!(
+        "log on disk: {:.1} MB, {} bytes per answer",
+        disk as f64 / 1e6,
+        disk / n as u64
+    );
+    drop(log);
+
+    // 2. Duplicate detection alone, at three sizes.
+    for size in [n / 4, n / 2, n] {
+        let dir = tmp.path().join(format!("dups-{size}"));
+        let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
+        let items =
+            answerfeed::parse::api::decode_recorded(&join(&records[..size])).expect("decode");
+        answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+        let settings = answerfeed::diff::DiffSettings::new(&config.diff, &[]);
+        let started = Instant::now();
+        answerfeed::diff::run(&mut log, &settings).expect("diff");
+        let took = started.elapsed();
+        println!(
+            "duplicate detection over {size} answers: {:.2} s ({:.1} µs/answer)",
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1e6 / size.max(1) as f64
+        );
+    }
+
+    // 3. A full backfill over HTTP.
+    let server = BenchServer::start(records);
+    let dir = tmp.path().join("http");
+    let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
+    let mut fetch_config = config.fetch.clone();
+    fetch_config.base_url = server.base_url.clone();
+    fetch_config.window_days = 31;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let shutdown = Shutdown::new();
+    let client = ApiClient::new(&fetch_config, shutdown.clone()).expect("client");
+    let options = CycleOptions {
+        since: chrono::NaiveDate::from_ymd_opt(2020, 1, 1),
+        until: chrono::NaiveDate::from_ymd_opt(2025, 12, 31),
+        progress: false,
+    };
+    let rss_before = peak_rss_kb();
+    let started = Instant::now();
+    let (cycle, result) = runtime.block_on(fetch::run_cycle(
+        &mut log,
+        &client,
+        &fetch_config,
+        &options,
+        &shutdown,
+    ));
+    result.expect("cycle");
+    let backfill = started.elapsed();
+    report("backfill over HTTP (fetch -> parse -> log)", n, backfill);
+    println!(
+        "  pages {}, records seen {}, appended {}",
+        cycle.pages, cycle.records_seen, cycle.appended
+    );
+    let started = Instant::now();
+    answerfeed::pipeline::derive(&mut log, &config).expect("derive");
+    let derive_http = started.elapsed();
+    report(
+        "backfill over HTTP including derive",
+        n,
+        backfill + derive_http,
+    );
+    println!(
+        "peak RSS: {} MB (before the backfill: {} MB)",
+        peak_rss_kb() / 1024,
+        rss_before / 1024
+    );
+
+    // 4. An idle cycle: nothing new. sled's background flusher first writes out what the
+    // derive left dirty, so that it is not counted against the idle cycle.
+    std::thread::sleep(Duration::from_secs(2));
+    let options = CycleOptions {
+        since: None,
+        until: chrono::NaiveDate::from_ymd_opt(2025, 12, 31),
+        progress: false,
+    };
+    let (cpu0, io0) = (cpu_time(), written_bytes());
+    let started = Instant::now();
+    let (_, result) = runtime.block_on(fetch::run_cycle(
+        &mut log,
+        &client,
+        &fetch_config,
+        &options,
+        &shutdown,
+    ));
+    result.expect("idle cycle");
+    answerfeed::pipeline::derive(&mut log, &config).expect("derive");
+    println!(
+        "idle cycle (7-day overlap re-read, nothing new): {:.1} ms wall, {:.1} ms CPU, {} bytes written",
+        started.elapsed().as_secs_f64() * 1e3,
+        (cpu_time() - cpu0).as_secs_f64() * 1e3,
+        written_bytes().saturating_sub(io0)
+    );
+}
+
+fn report(what: &str, n: usize, took: Duration) {
+    println!(
+        "{what}: {:.2} s, {:.0} answers/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64().max(1e-9)
+    );
+}
+
+fn join(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(r.json.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+struct Record {
+    date: String,
+    id: u64,
+    json: String,
+}
+
+const FORCES: &[&str] = &[
+    "Metropolitan Police",
+    "Kent",
+    "Essex",
+    "Greater Manchester",
+    "West Midlands",
+    "Avon & Somerset",
+    "Thames Valley",
+    "Gwent",
+    "Cleveland",
+    "North Wales",
+];
+const BODIES: &[(&str, u32)] = &[
+    ("Home Office", 1),
+    ("Ministry of Justice", 54),
+    ("Department for Education", 60),
+    ("Attorney General", 2),
+];
+const SYLLABLES: &[&str] = &[
+    "po", "li", "ce", "fun", "ding", "of", "fi", "cers", "go", "vern", "ment", "com", "mit", "ted",
+    "tack", "ling", "crime", "sup", "port", "vic", "tims", "ac", "ross", "da", "ta", "pub", "lish",
+    "ed", "an", "nu", "al", "ly", "sta", "tis", "tics", "for", "area", "pro", "gram", "me", "e",
+    "va", "lu", "a", "tion", "re", "view",
+];
+const COMMON: &[&str] = &[
+    "the",
+    "is",
+    "to",
+    "and",
+    "of",
+    "in",
+    "police",
+    "government",
+    "crime",
+    "victims",
+    "data",
+    "force",
+    "area",
+    "England",
+    "Wales",
+];
+
+/// A vocabulary of a few thousand words, so that texts differ as real answers do.
+fn vocabulary() -> Vec<String> {
+    let mut words: Vec<String> = COMMON.iter().map(|w| w.to_string()).collect();
+    for a in SYLLABLES {
+        for b in SYLLABLES.iter().step_by(3) {
+            words.push(format!("{a}{b}"));
+        }
+    }
+    words
+}
+
+/// Deterministic synthetic records spread over 2020-2025.
+fn generate(n: usize) -> Vec<Record> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below.max(1)
+    };
+    let start = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).expect("date");
+    let words_list = vocabulary();
+    let word = |k: u64| words_list[(k as usize) % words_list.len()].as_str();
+    let mut shared_answer: Option<String> = None;
+    (0..n)
+        .map(|i| {
+            let date = start + chrono::Days::new(((i as u64) * 2190) / n.max(1) as u64);
+            let (body, body_id) = BODIES[next(BODIES.len() as u64) as usize];
+            let paragraphs = 2 + next(4);
+            let mut html = String::new();
+            for _ in 0..paragraphs {
+                let words = 30 + next(60);
+                // Zipf-like: common words often, the long tail rarely.
+                let text: Vec<&str> = (0..words)
+                    .map(|_| if next(3) == 0 { word(next(COMMON.len() as u64)) } else { word(next(words_list.len() as u64)) })
+                    .collect();
+                html.push_str(&format!("<p>{}.</p>", text.join(" ")));
+            }
+            if next(5) == 0 {
+                html.push_str("<table><tr><th>Force</th><th>2023</th><th>2024</th></tr>");
+                // The same heading, force and year give the same figure, bar the odd revision.
+                let heading = i as u64 % 2000;
+                for f in 0..(3 + next(6)) {
+                    let a = (heading * 31 + f * 7 + 2023) % 5000 + u64::from(next(50) == 0);
+                    let b = (heading * 31 + f * 7 + 2024) % 5000 + u64::from(next(50) == 0);
+                    html.push_str(&format!("<tr><td>{}</td><td>{a}</td><td>{b}</td></tr>", FORCES[(f as usize) % FORCES.len()]));
+                }
+                html.push_str("</table>");
+            }
+            // Near-duplicates: one answer in twenty repeats a recent one, slightly reworded.
+            if next(20) == 0 {
+                if let Some(shared) = &shared_answer {
+                    html = shared.replacen("the", "a", 1);
+                }
+            } else if next(50) == 0 {
+                shared_answer = Some(html.clone());
+            }
+            let holding = next(100) == 0;
+            let correction = !holding && next(100) == 0;
+            let value = serde_json::json!({
+                "id": 3_000_000 + i as u64,
+                "uin": format!("{}", 100_000 + i),
+                "house": if next(3) == 0 { "Lords" } else { "Commons" },
+                "dateTabled": format!("{date}T00:00:00"),
+                "dateAnswered": format!("{date}T00:00:00"),
+                "askingMemberId": 4000 + next(600),
+                "askingMember": {"name": format!("Member {}", next(600)), "party": "Labour", "memberFrom": "Somewhere"},
+                "answeringBodyId": body_id,
+                "answeringBodyName": body,
+                "answeringMember": {"name": format!("Minister {}", next(40))},
+                "heading": format!("Heading {}", i % 2000),
+                "questionText": format!("To ask the Secretary of State, question number {i} about {}.", word(next(words_list.len() as u64))),
+                "answerText": if holding { "<p>I will reply as soon as possible.</p>".to_string() } else { html },
+                "answerIsHolding": holding,
+                "answerIsCorrection": correction,
+                "originalAnswerText": if correction { "<p>The original answer.</p>" } else { "" },
+                "isWithdrawn": false,
+                "groupedQuestions": [],
+                "attachments": [],
+            });
+            Record {
+                date: date.format("%Y-%m-%d").to_string(),
+                id: 3_000_000 + i as u64,
+                json: value.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// A minimal API server for the benchmark: records sorted by date, pages cut with binary search
+/// and served from pre-serialised JSON, so the server is never the bottleneck being measured.
+struct BenchServer {
+    base_url: String,
+}
+
+impl BenchServer {
+    fn start(mut records: Vec<Record>) -> BenchServer {
+        records.sort_by(|a, b| b.date.cmp(&a.date).then(b.id.cmp(&a.id)));
+        let records = Arc::new(records);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let records = records.clone();
+                std::thread::spawn(move || serve(stream, &records));
+            }
+        });
+        BenchServer { base_url }
+    }
+}
+
+fn serve(mut stream: std::net::TcpStream, records: &[Record]) {
+    let mut buf = [0u8; 8192];
+    let mut request = Vec::new();
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&request);
+    let target = text.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let body = if path.ends_with("/questions") {
+        let (from, to) = match (param("answeredWhenFrom"), param("answeredWhenTo")) {
+            (Some(f), Some(t)) => (f, t),
+            // Correction queries: the synthetic corrections are not dated separately.
+            _ => ("9999".to_string(), "0000".to_string()),
+        };
+        // Records are sorted newest first: the window is a contiguous slice.
+        let lo = records.partition_point(|r| r.date.as_str() > to.as_str());
+        let hi = records.partition_point(|r| r.date.as_str() >= from.as_str());
+        let matching = if lo < hi { &records[lo..hi] } else { &[][..] };
+        let skip: usize = param("skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let take: usize = param("take").and_then(|s| s.parse().ok()).unwrap_or(20);
+        let page: Vec<String> = matching
+            .iter()
+            .skip(skip)
+            .take(take)
+            .map(|r| format!("{{\"value\":{},\"links\":[]}}", r.json))
+            .collect();
+        format!(
+            "{{\"results\":[{}],\"totalResults\":{}}}",
+            page.join(","),
+            matching.len()
+        )
+    } else {
+        "{}".to_string()
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    );
+}
+
+fn peak_rss_kb() -> u64 {
+    proc_field("/proc/self/status", "VmHWM:")
+}
+
+fn written_bytes() -> u64 {
+    proc_field("/proc/self/io", "write_bytes:")
+}
+
+fn proc_field(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/self/stat; 12 and 13 after the ")".
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}

@@ -1,0 +1,119 @@
+//! Property-based fuzzing (cargo-fuzz needs a nightly toolchain, which this project's machines
+//! do not have): the HTML answer parser, the API JSON decoder and the stored-event decoder must
+//! never panic, whatever bytes they are given, and must keep or refuse input, never lose it.
+//! The text parser's property tests live beside it (src/parse/tests.rs).
+
+use answerfeed::log::decode_envelope;
+use answerfeed::parse::api::{decode_list_page, decode_recorded, ApiItem};
+use answerfeed::parse::html::parse_answer_html;
+use proptest::prelude::*;
+
+const PAGE: &str = include_str!("fixtures/api/page-1.json");
+
+fn html_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("<p>".to_string()),
+        Just("</p>".to_string()),
+        Just("<table>".to_string()),
+        Just("</table>".to_string()),
+        Just("<tr>".to_string()),
+        Just("<td colspan=\"3\">".to_string()),
+        Just("<th>".to_string()),
+        Just("</td>".to_string()),
+        Just("<ul><li>".to_string()),
+        Just("</li>".to_string()),
+        Just("<br/>".to_string()),
+        Just("<!-- c".to_string()),
+        Just("-->".to_string()),
+        Just("<script>".to_string()),
+        Just("</script>".to_string()),
+        Just("&amp;".to_string()),
+        Just("&#x1F600;".to_string()),
+        Just("&#99999999;".to_string()),
+        Just("<".to_string()),
+        Just(">".to_string()),
+        Just("\"".to_string()),
+        Just("Metropolitan Police".to_string()),
+        Just("1,234".to_string()),
+        "[a-zA-Z0-9 ,.|&;#<>/\"'=-]{0,12}",
+        any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn html_never_panics_and_keeps_its_words(pieces in proptest::collection::vec(html_piece(), 0..40)) {
+        let html = pieces.concat();
+        let body = parse_answer_html(&html);
+        let text = body.plain_text();
+        // Text outside tags and scripts survives somewhere in the output.
+        if !html.contains('<') && !html.contains('&') {
+            let words: Vec<&str> = html.split_whitespace().collect();
+            for w in words {
+                prop_assert!(text.contains(w), "{w:?} lost from {html:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn api_pages_never_panic_when_mutated(
+        cut in 0usize..PAGE.len(),
+        flips in proptest::collection::vec((0usize..PAGE.len(), any::<u8>()), 0..8),
+    ) {
+        let mut bytes = PAGE.as_bytes().to_vec();
+        for (at, b) in flips {
+            bytes[at] = b;
+        }
+        let _ = decode_list_page(&bytes);
+        let _ = decode_recorded(&bytes);
+        let _ = decode_list_page(&bytes[..cut]);
+        let _ = decode_recorded(&bytes[..cut]);
+    }
+
+    #[test]
+    fn any_record_is_decoded_or_quarantined_with_its_bytes(value in any::<String>(), key in "[a-zA-Z]{1,12}") {
+        let record = serde_json::json!({"id": 5, key.clone(): value, "answeringBodyName": "Home Office", "questionText": "Q"});
+        let text = serde_json::to_string(&serde_json::json!({"results": [{"value": record}], "totalResults": 1})).unwrap();
+        let page = decode_list_page(text.as_bytes()).unwrap();
+        prop_assert_eq!(page.items.len(), 1);
+        if let ApiItem::Quarantined { raw, .. } = &page.items[0] {
+            prop_assert!(raw.contains("Home Office"));
+        }
+    }
+
+    #[test]
+    fn stored_events_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>()) {
+        let _ = decode_envelope(seq, &bytes);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_stored_event_is_always_caught(at in 0usize..400, bit in 0u8..8) {
+        let line = include_str!("fixtures/events/schema-v1.jsonl").lines().nth(1).unwrap();
+        let json = line.as_bytes();
+        let mut value = vec![1u8];
+        value.extend_from_slice(&crc32(json).to_be_bytes());
+        value.extend_from_slice(json);
+        prop_assert!(decode_envelope(10, &value).is_ok());
+        let at = 5 + at % json.len();
+        value[at] ^= 1 << bit;
+        prop_assert!(decode_envelope(10, &value).is_err());
+    }
+}
+
+/// CRC-32 (IEEE), as the log frames events.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
