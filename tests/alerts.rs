@@ -3,68 +3,24 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::api_server::ApiServer;
+use support::binary::{bin, ok, run, Env};
 use support::smtp::{ReceivedMessage, SmtpSink};
 
 const API: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/api");
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    config: PathBuf,
-}
-
 fn env(sink: &SmtpSink, subscription: &str, extra: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("answerfeed.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[fetch]\npage_size = 5\ntimezone = \"UTC\"\ninitial_backoff_ms = 20\n{extra}\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\nfrom = \"answerfeed <alerts@answerfeed.test>\"\ntimeout_secs = 5\ninitial_backoff_secs = 0\n\n[[subscriptions]]\n{subscription}\n",
-            sink.port()
-        ),
-    )
-    .unwrap();
-    Env {
-        _tmp: tmp,
-        data,
-        config,
-    }
-}
-
-fn bin(env: &Env) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_answerfeed"));
-    cmd.env_remove("ANSWERFEED_DATA_DIR")
-        .env_remove("ANSWERFEED_CONFIG")
-        .env_remove("ANSWERFEED_SMTP_PASSWORD")
-        .env_remove("RUST_LOG")
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn run(env: &Env, args: &[&str]) -> Output {
-    bin(env).args(args).output().expect("the binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let env = Env::new();
+    env.write_config(&format!(
+        "[fetch]\npage_size = 5\ntimezone = \"UTC\"\ninitial_backoff_ms = 20\n{extra}\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\nfrom = \"answerfeed <alerts@answerfeed.test>\"\ntimeout_secs = 5\ninitial_backoff_secs = 0\n\n[[subscriptions]]\n{subscription}\n",
+        sink.port()
+    ));
+    env
 }
 
 fn ingest_api(env: &Env, file: &str) {

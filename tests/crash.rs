@@ -4,12 +4,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::api_server::{fixture_records, ApiServer, Fault};
+use support::binary::{bin, ok, Env};
 use support::smtp::SmtpSink;
 
 /// `n` distinct answers made from the fixtures, dated across the first half of 2025.
@@ -40,57 +40,12 @@ fn synthetic(n: usize) -> Vec<Value> {
         .collect()
 }
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    config: PathBuf,
-}
-
 fn env(extra: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("answerfeed.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        &config,
-        format!(
-            "[fetch]\ntimezone = \"UTC\"\ninitial_backoff_ms = 5\nmax_backoff_secs = 1\nread_timeout_secs = 1\n{extra}\n[ops]\nlisten = \"127.0.0.1:{port}\"\n"
-        ),
-    )
-    .unwrap();
-    Env {
-        _tmp: tmp,
-        data,
-        config,
-    }
-}
-
-fn bin(env: &Env) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_answerfeed"));
-    cmd.env_remove("ANSWERFEED_DATA_DIR")
-        .env_remove("ANSWERFEED_CONFIG")
-        .env_remove("RUST_LOG")
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let env = Env::new();
+    env.write_config(&format!(
+        "[fetch]\ntimezone = \"UTC\"\ninitial_backoff_ms = 5\nmax_backoff_secs = 1\nread_timeout_secs = 1\n{extra}\n"
+    ));
+    env
 }
 
 fn events(env: &Env) -> Vec<Value> {
@@ -206,7 +161,8 @@ fn an_api_misbehaving_at_random_gives_the_same_log_as_a_clean_run() {
 
     let faulty_server = std::sync::Arc::new(ApiServer::start(records));
     let faulty = env("page_size = 10\nwindow_days = 30\nmax_attempts = 12\n");
-    // A fault is queued whenever none is waiting, so failures come often but between successes.
+    // A fault is queued whenever none is waiting and a request has succeeded since the last one,
+    // so failures come often but always between successes.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let saboteur = {
         let server = faulty_server.clone();
@@ -214,8 +170,13 @@ fn an_api_misbehaving_at_random_gives_the_same_log_as_a_clean_run() {
         std::thread::spawn(move || {
             let mut rng = Lcg(7);
             let mut pushed = 0;
+            let mut requests_at_last_fault = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                if server.pending_faults() == 0 {
+                // Only after a request has gone through since the last fault: the retries must
+                // eventually meet a healthy server, as they would in life.
+                let requests = server.requests().len();
+                if server.pending_faults() == 0 && requests >= requests_at_last_fault + 2 {
+                    requests_at_last_fault = requests;
                     let fault = match rng.next(11) {
                         0 | 1 => Fault::Status(500),
                         2 | 3 => Fault::Status(503),

@@ -5,74 +5,21 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api_server::{fixture_records, ApiServer, Fault};
-
-struct Env {
-    tmp: tempfile::TempDir,
-    data: PathBuf,
-    config: PathBuf,
-    ops_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::binary::{bin, ok, run, Env};
 
 fn env(extra_fetch: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("answerfeed.toml");
-    let ops_port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "[fetch]\npage_size = 5\ntimezone = \"UTC\"\ninitial_backoff_ms = 10\nmax_backoff_secs = 1\nmax_attempts = 2\nread_timeout_secs = 2\n{extra_fetch}\n[ops]\nlisten = \"127.0.0.1:{ops_port}\"\nready_intervals = 3\n"
-        ),
-    )
-    .unwrap();
-    Env {
-        tmp,
-        data,
-        config,
-        ops_port,
-    }
-}
-
-fn bin(env: &Env) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_answerfeed"));
-    cmd.env_remove("ANSWERFEED_DATA_DIR")
-        .env_remove("ANSWERFEED_CONFIG")
-        .env_remove("RUST_LOG")
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn run(env: &Env, args: &[&str]) -> Output {
-    bin(env).args(args).output().expect("the binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let env = Env::new();
+    env.write_config(&format!(
+        "[fetch]\npage_size = 5\ntimezone = \"UTC\"\ninitial_backoff_ms = 10\nmax_backoff_secs = 1\nmax_attempts = 2\nread_timeout_secs = 2\n{extra_fetch}\n[ops]\nlisten = \"127.0.0.1:{}\"\nready_intervals = 3\n",
+        env.ops_port
+    ));
+    env
 }
 
 /// A plain HTTP/1.1 GET on loopback: (status, body).

@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod api_server;
+pub mod binary;
 pub mod smtp;
