@@ -218,6 +218,7 @@ impl SmtpSink {
     /// Spawns the script on `self.port` with `self.dir` and waits for READY.
     fn spawn(&mut self) -> Result<(), SpawnError> {
         assert!(self.child.is_none(), "SmtpSink already running");
+        ensure_aiosmtpd();
         let mail_dir = self.mail_dir();
         let stderr_path = self.dir.path().join("sink.stderr");
         let stderr_file = fs::File::create(&stderr_path).expect("create smtp sink stderr file");
@@ -763,4 +764,32 @@ fn parse_encoded_word(s: &str) -> Option<(String, Vec<u8>, usize)> {
     };
     let consumed = 2 + q1 + 1 + q2 + 1 + end + 2;
     Some((charset, bytes, consumed))
+}
+
+/// Installs aiosmtpd from PyPI the first time a sink is needed on a machine that lacks it, so
+/// that `cargo test` works on a fresh machine (Rust, Python 3 and pip), as README promises.
+fn ensure_aiosmtpd() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            return;
+        }
+        for extra in [&[][..], &["--user"][..], &["--break-system-packages"][..]] {
+            let installed = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(extra)
+                .arg("aiosmtpd")
+                .status()
+                .is_ok_and(|s| s.success());
+            if installed {
+                return;
+            }
+        }
+    });
 }
