@@ -40,7 +40,8 @@ const MAX_WORDS_FOR_WORD_DIFF: usize = 20_000;
 const MINHASH_HASHES: usize = 128;
 const LSH_BANDS: usize = 32;
 const LSH_ROWS: usize = MINHASH_HASHES / LSH_BANDS;
-/// Entries read per LSH bucket: common boilerplate fills buckets, and a cap keeps lookups bounded.
+/// Members kept per LSH bucket (the most recent): boilerplate fills buckets, and a cap keeps
+/// each lookup and write bounded.
 const BUCKET_SCAN_LIMIT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -484,44 +485,49 @@ fn duplicates(
 
     // Near duplicates: LSH buckets give candidates; each is confirmed on the full texts.
     let signature = minhash(words);
-    let mut votes: BTreeMap<(u64, String), usize> = BTreeMap::new();
-    let mut bucket_keys = Vec::with_capacity(LSH_BANDS);
+    let own = question_tag(question);
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
     for band in 0..LSH_BANDS {
         let rows = &signature[band * LSH_ROWS..(band + 1) * LSH_ROWS];
         let mut h = Sha256::new();
         for r in rows {
             h.update(r.to_be_bytes());
         }
-        let bucket = crate::event::hex(&h.finalize()[..8]);
-        let prefix = format!("l/{band:02}/{bucket}/").into_bytes();
-        for (key, value) in state.scan(&prefix, BUCKET_SCAN_LIMIT)? {
-            let Some(seq_part) = key.get(prefix.len()..) else {
-                continue;
-            };
-            let other_seq: u64 = String::from_utf8_lossy(seq_part).parse().unwrap_or(0);
-            let other_question = String::from_utf8_lossy(&value).into_owned();
-            if other_question != question.0 {
-                *votes.entry((other_seq, other_question)).or_default() += 1;
+        // One key per bucket holding its most recent members: a point lookup and one write per
+        // band, where a key per member meant a prefix scan and a B-tree insert per band.
+        let key = format!("b/{band:02}/{}", crate::event::hex(&h.finalize()[..8])).into_bytes();
+        let mut members = state.get(&key)?.unwrap_or_default();
+        for member in members.chunks_exact(16) {
+            let other_seq = u64::from_be_bytes(member[..8].try_into().unwrap_or([0; 8]));
+            let other_tag = u64::from_be_bytes(member[8..].try_into().unwrap_or([0; 8]));
+            if other_tag != own {
+                *votes.entry(other_seq).or_default() += 1;
             }
         }
-        let mut key = prefix;
-        key.extend_from_slice(format!("{seq:020}").as_bytes());
-        bucket_keys.push(key);
+        if members.len() >= BUCKET_SCAN_LIMIT * 16 {
+            members.drain(..16);
+        }
+        members.extend_from_slice(&seq.to_be_bytes());
+        members.extend_from_slice(&own.to_be_bytes());
+        state.put(key, members);
     }
-    for key in bucket_keys {
-        state.put(key, question.0.as_bytes().to_vec());
-    }
-    let mut candidates: Vec<((u64, String), usize)> = votes.into_iter().collect();
+    let mut candidates: Vec<(u64, usize)> = votes.into_iter().collect();
     // Most shared bands first, then oldest: deterministic.
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let mut best: Option<(f64, SeenAnswer)> = None;
-    for ((other_seq, other_question), _) in candidates.into_iter().take(settings.max_candidates) {
+    for (other_seq, _) in candidates.into_iter().take(settings.max_candidates) {
         let Some(other) = log.get(other_seq)? else {
             continue;
         };
-        let Some(other_record) = other.event.record() else {
+        let (Some(other_question), Some(other_record)) =
+            (other.event.question(), other.event.record())
+        else {
             continue;
         };
+        if other_question == question {
+            continue;
+        }
+        let other_question = other_question.0.clone();
         let other_text = normalise_text(&other_record.answer.plain_text()).to_lowercase();
         let ratio = similarity(&other_text, normalised);
         if ratio >= settings.near_duplicate_ratio && best.as_ref().is_none_or(|(r, _)| ratio > *r) {
@@ -542,6 +548,12 @@ fn duplicates(
         flags.push(flag(&of, group, false, ratio));
     }
     Ok(())
+}
+
+/// A question's 8-byte tag in LSH buckets (its own answers are not its duplicates).
+fn question_tag(question: &QuestionKey) -> u64 {
+    let digest = Sha256::digest(question.0.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
 /// 128 MinHash values over word 3-shingles, with fixed seeds so results never vary between runs.
