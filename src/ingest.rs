@@ -5,6 +5,7 @@
 //! in batches. Records are appended oldest first, so the log's order follows the feed's time order
 //! even though dumps list newest first.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::event::{Observation, Payload, Source};
@@ -126,6 +127,22 @@ impl FileSummary {
         }
     }
 
+    /// Adds a later part of the same file.
+    fn absorb(&mut self, part: FileSummary) {
+        self.records += part.records;
+        self.new_answers += part.new_answers;
+        self.revisions += part.revisions;
+        self.known += part.known;
+        self.quarantined += part.quarantined;
+        self.quarantine_notes.extend(part.quarantine_notes);
+        for name in part.unknown_forces {
+            if !self.unknown_forces.contains(&name) {
+                self.unknown_forces.push(name);
+            }
+        }
+        self.appended_seqs.extend(part.appended_seqs);
+    }
+
     /// Orders the quarantine notes and logs the file's figures.
     fn finish(&mut self, what: &str) {
         self.quarantine_notes.sort_by_key(|n| n.index);
@@ -150,12 +167,17 @@ pub fn ingest_file(
     path: &Path,
     options: IngestOptions,
 ) -> Result<FileSummary, IngestError> {
-    let bytes = std::fs::read(path).map_err(|source| IngestError::Read {
+    let read_error = |source| IngestError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // The start of the file decides the format, and whether it can be streamed.
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head))
+        .map_err(read_error)?;
     let format = match options.format {
-        Format::Auto => detect_format(&bytes).map_err(|why| IngestError::UnknownFormat {
+        Format::Auto => detect_format(&head).map_err(|why| IngestError::UnknownFormat {
             path: path.to_path_buf(),
             why,
         })?,
@@ -166,6 +188,10 @@ pub fn ingest_file(
         path: path.to_path_buf(),
         source,
     };
+    if format == Format::Api && crate::parse::api::looks_like_json_lines(&head) {
+        return ingest_api_lines(log, path, &source);
+    }
+    let bytes = std::fs::read(path).map_err(read_error)?;
     match format {
         Format::Api => {
             let items = crate::parse::api::decode_recorded(&bytes).map_err(|e| {
@@ -180,12 +206,75 @@ pub fn ingest_file(
     }
 }
 
+/// How much of a file is read to decide its format.
+const HEAD_BYTES: u64 = 64 * 1024;
+
+/// JSON lines are read and appended a batch at a time, so a backfill file of any size takes
+/// memory for one batch, not for the file.
+fn ingest_api_lines(
+    log: &mut EventLog,
+    path: &Path,
+    source: &str,
+) -> Result<FileSummary, IngestError> {
+    use std::io::BufRead;
+    let read_error = |source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut summary = FileSummary {
+        source: source.to_string(),
+        ..FileSummary::default()
+    };
+    let mut batch = Vec::with_capacity(BATCH_SIZE);
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(read_error)?;
+        if read > 0 {
+            number += 1;
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                batch.push(crate::parse::api::decode_line(text.trim_end(), number));
+            }
+        }
+        if batch.len() >= BATCH_SIZE || (read == 0 && !batch.is_empty()) {
+            let offset = u32::try_from(summary.records).unwrap_or(u32::MAX);
+            let part = ingest_api_items_at(log, source, std::mem::take(&mut batch), offset)
+                .map_err(|source| IngestError::Log {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            summary.absorb(part);
+        }
+        if read == 0 {
+            break;
+        }
+    }
+    summary.finish("ingested API data");
+    Ok(summary)
+}
+
 /// Appends decoded API records, oldest first by their date. A record whose text the list endpoint
 /// cut short cannot be completed offline: it is quarantined, never logged as if it were whole.
 pub fn ingest_api_items(
     log: &mut EventLog,
     source: &str,
     items: Vec<crate::parse::api::ApiItem>,
+) -> Result<FileSummary, LogError> {
+    let mut summary = ingest_api_items_at(log, source, items, 0)?;
+    summary.finish("ingested API data");
+    Ok(summary)
+}
+
+/// [`ingest_api_items`] for records that start at position `offset` of their file.
+fn ingest_api_items_at(
+    log: &mut EventLog,
+    source: &str,
+    items: Vec<crate::parse::api::ApiItem>,
+    offset: u32,
 ) -> Result<FileSummary, LogError> {
     use crate::parse::api::ApiItem;
     let mut summary = FileSummary {
@@ -210,7 +299,10 @@ pub fn ingest_api_items(
                 },
                 other => other,
             };
-            (u32::try_from(i).unwrap_or(u32::MAX), item)
+            (
+                offset.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)),
+                item,
+            )
         })
         .collect();
     let date_of = |item: &ApiItem| match item {
@@ -250,7 +342,7 @@ pub fn ingest_api_items(
             summary.count(outcome, note.map(|(index, reason)| (index, 0, reason)));
         }
     }
-    summary.finish("ingested API data");
+    summary.quarantine_notes.sort_by_key(|n| n.index);
     Ok(summary)
 }
 

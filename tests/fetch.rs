@@ -638,3 +638,29 @@ fn the_daemon_stops_cleanly_on_sigterm_and_resumes() {
     expected.sort_unstable();
     assert_eq!(ids, expected, "every answer exactly once after the restart");
 }
+
+#[test]
+fn json_lines_are_streamed_and_a_broken_line_is_quarantined() {
+    let env = env("");
+    let questions = fixture("questions.json");
+    let mut text = String::new();
+    for (i, q) in questions.iter().enumerate() {
+        text.push_str(&q.to_string());
+        text.push('\n');
+        if i == 4 {
+            text.push_str("{\"id\": 17, \"broken\n");
+        }
+    }
+    let file = env.data.parent().unwrap().join("records.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let out = ok(run(&env, &["ingest", "--json", file.to_str().unwrap()]));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["records"], 11);
+    assert_eq!(summary["new_answers"], 10);
+    assert_eq!(summary["quarantined"], 1);
+    assert_eq!(summary["quarantine"][0]["index"], 5);
+    assert!(summary["quarantine"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("JSON line 6"));
+}

@@ -113,16 +113,34 @@ pub fn decode_recorded(bytes: &[u8]) -> Result<Vec<ApiItem>, PageError> {
             Ok(lines
                 .into_iter()
                 .enumerate()
-                .map(|(i, line)| match serde_json::from_str::<&RawValue>(line) {
-                    Ok(_) => decode_item(line),
-                    Err(e) => ApiItem::Quarantined {
-                        reason: format!("JSON line {}: {e}", i + 1),
-                        raw: line.to_string(),
-                    },
-                })
+                .map(|(i, line)| decode_line(line, i + 1))
                 .collect())
         }
     }
+}
+
+/// One line of a JSON-lines file (`number` is 1-based, for the quarantine reason).
+pub fn decode_line(line: &str, number: usize) -> ApiItem {
+    match serde_json::from_str::<&RawValue>(line) {
+        Ok(_) => decode_item(line),
+        Err(e) => ApiItem::Quarantined {
+            reason: format!("JSON line {number}: {e}"),
+            raw: line.to_string(),
+        },
+    }
+}
+
+/// Whether `head` (the start of a file) opens JSON lines of records rather than one document:
+/// its first line is a complete JSON object that is not a list envelope.
+pub fn looks_like_json_lines(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head));
+    let Some(first) = text.lines().find(|l| !l.trim().is_empty()) else {
+        return false;
+    };
+    matches!(
+        serde_json::from_str::<serde_json::Value>(first),
+        Ok(serde_json::Value::Object(map)) if !map.contains_key("results")
+    )
 }
 
 /// One `{value, links}` wrapper or bare record.
