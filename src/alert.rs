@@ -229,14 +229,7 @@ fn in_time(start: DateTime<Utc>, recorded_at: &str, record: Option<&AnswerRecord
 /// Puts what new events call for into the outbox or digest queues.
 pub fn derive(log: &EventLog, config: &Config) -> Result<DeriveReport, AlertError> {
     let tree = log.db().open_tree(TREE)?;
-    let mut checkpoint = tree
-        .get(CHECKPOINT)?
-        .and_then(|v| {
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        })
-        .unwrap_or(0);
+    let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
     let head = log.head()?;
     let now = crate::ingest::now_rfc3339();
     let mut report = DeriveReport::default();
@@ -354,16 +347,10 @@ fn queue_event(
 
 /// The alert consumer's checkpoint.
 pub fn checkpoint(log: &EventLog) -> Result<u64, AlertError> {
-    Ok(log
-        .db()
-        .open_tree(TREE)?
-        .get(CHECKPOINT)?
-        .and_then(|v| {
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        })
-        .unwrap_or(0))
+    Ok(crate::overlay::read_checkpoint(
+        &log.db().open_tree(TREE)?,
+        CHECKPOINT,
+    )?)
 }
 
 /// Subscription start times, for backups (they are not in the log).

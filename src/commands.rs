@@ -570,16 +570,27 @@ pub fn flags(
             writeln!(out)?;
             continue;
         }
-        writeln!(
-            out,
-            "#{seq} {} {}  {}",
-            &envelope.recorded_at[..envelope.recorded_at.len().min(10)],
-            flag.detail.kind(),
-            describe_flag(flag)
-        )?;
-        if let FlagDetail::AnswerChanged { changes, .. } = &flag.detail {
-            writeln!(out, "    {}", render_word_diff(changes, style))?;
-        }
+        let day = &envelope.recorded_at[..envelope.recorded_at.len().min(10)];
+        write_flag(out, &format!("#{seq} {day}"), flag, style)?;
+    }
+    Ok(())
+}
+
+/// One flag for reading: `label kind  description`, then the word diff of a changed answer.
+fn write_flag(
+    out: &mut dyn Write,
+    label: &str,
+    flag: &crate::event::Flag,
+    style: Style,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{label} {}  {}",
+        flag.detail.kind(),
+        describe_flag(flag)
+    )?;
+    if let FlagDetail::AnswerChanged { changes, .. } = &flag.detail {
+        writeln!(out, "    {}", render_word_diff(changes, style))?;
     }
     Ok(())
 }
@@ -634,16 +645,7 @@ pub fn show(
         writeln!(out, "Flags:")?;
         for e in &flag_events {
             if let Event::FlagRaised { flag } = &e.event {
-                writeln!(
-                    out,
-                    "  #{} {}  {}",
-                    e.seq,
-                    flag.detail.kind(),
-                    describe_flag(flag)
-                )?;
-                if let FlagDetail::AnswerChanged { changes, .. } = &flag.detail {
-                    writeln!(out, "    {}", render_word_diff(changes, style))?;
-                }
+                write_flag(out, &format!("  #{}", e.seq), flag, style)?;
             }
         }
     }

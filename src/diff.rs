@@ -147,14 +147,7 @@ pub fn run_in_batches(
     batch_size: usize,
 ) -> Result<DiffReport, DiffError> {
     let tree = log.db().open_tree(TREE)?;
-    let mut checkpoint = match tree.get(CHECKPOINT)? {
-        Some(v) => v
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| DiffError::State("checkpoint is malformed".to_string()))?,
-        None => 0,
-    };
+    let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
     let head = log.head()?;
     let mut report = DiffReport::default();
     while checkpoint < head {
@@ -601,21 +594,10 @@ fn seeds(i: u64) -> (u64, u64) {
 
 /// The diff module's checkpoint.
 pub fn checkpoint(log: &EventLog) -> Result<u64, DiffError> {
-    Ok(log
-        .db()
-        .open_tree(TREE)?
-        .get(CHECKPOINT)?
-        .and_then(|v| {
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        })
-        .unwrap_or(0))
-}
-
-/// A digest of the diff module's state, to compare runs.
-pub fn state_digest(log: &EventLog) -> Result<String, DiffError> {
-    Ok(crate::overlay::tree_digest(&log.db().open_tree(TREE)?)?)
+    Ok(crate::overlay::read_checkpoint(
+        &log.db().open_tree(TREE)?,
+        CHECKPOINT,
+    )?)
 }
 
 #[cfg(test)]

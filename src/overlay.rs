@@ -125,30 +125,6 @@ impl<'a> Overlay<'a> {
         Ok(false)
     }
 
-    /// Up to `limit` live entries under `prefix`, in key order.
-    pub fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, OverlayError> {
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for entry in self.tree.scan_prefix(prefix) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = entry?;
-            if !self.pending.contains_key(k.as_ref()) {
-                out.insert(k.to_vec(), v.to_vec());
-            }
-        }
-        for (k, v) in self
-            .pending
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-        {
-            if let Some(v) = v {
-                out.insert(k.clone(), v.clone());
-            }
-        }
-        Ok(out.into_iter().take(limit).collect())
-    }
-
     /// The batch to apply, with `extra` (the checkpoint) in the same atomic write.
     pub fn into_batch(self, extra: &[(&[u8], Vec<u8>)]) -> sled::Batch {
         let mut batch = sled::Batch::default();
@@ -163,6 +139,15 @@ impl<'a> Overlay<'a> {
         }
         batch
     }
+}
+
+/// A consumer's checkpoint (the last event it applied) stored under `key`; 0 when absent.
+pub fn read_checkpoint(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
 }
 
 /// A digest of every key and value of a tree, in order: two trees with the same digest hold the

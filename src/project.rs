@@ -124,14 +124,7 @@ fn seq_text(seq: u64) -> String {
 }
 
 fn read_checkpoint(tree: &sled::Tree) -> Result<u64, ProjectError> {
-    Ok(tree
-        .get(CHECKPOINT)?
-        .and_then(|v| {
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        })
-        .unwrap_or(0))
+    Ok(crate::overlay::read_checkpoint(tree, CHECKPOINT)?)
 }
 
 /// The views' checkpoint: the last event applied.
