@@ -725,22 +725,32 @@ pub fn backup(log: &EventLog, dir: &Path) -> Result<BackupReport, OpsError> {
         .collect::<Result<_, _>>()?;
     let starts = crate::alert::start_times(log).map_err(CommandError::from)?;
     let head = log.head()?;
-    let mut copy = EventLog::open(dir, StoreOptions::default())?;
-    let events = copy.copy_events_from(log, head)?;
-    let tree = copy.db().open_tree("fetch_state")?;
-    for (k, v) in fetch_state {
-        tree.insert(k, v)?;
-    }
-    crate::alert::restore_start_times(&copy, &starts).map_err(CommandError::from)?;
-    copy.flush()?;
-    let verified = copy.verify()?;
-    if let Some(bad) = verified.first_bad {
-        return Err(OpsError::Backup(format!(
-            "the copy does not verify: event {}: {}",
-            bad.seq, bad.problem
-        )));
-    }
-    drop(copy);
+    let written = (|| -> Result<u64, OpsError> {
+        let mut copy = EventLog::open(dir, StoreOptions::default())?;
+        let events = copy.copy_events_from(log, head)?;
+        let tree = copy.db().open_tree("fetch_state")?;
+        for (k, v) in fetch_state {
+            tree.insert(k, v)?;
+        }
+        crate::alert::restore_start_times(&copy, &starts).map_err(CommandError::from)?;
+        copy.flush()?;
+        let verified = copy.verify()?;
+        if let Some(bad) = verified.first_bad {
+            return Err(OpsError::Backup(format!(
+                "the copy does not verify: event {}: {}",
+                bad.seq, bad.problem
+            )));
+        }
+        Ok(events)
+    })();
+    // A failed backup leaves nothing behind that could be mistaken for a good one.
+    let events = match written {
+        Ok(events) => events,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(e);
+        }
+    };
     Ok(BackupReport {
         dir: dir.display().to_string(),
         events,
