@@ -228,37 +228,77 @@ fn in_time(start: DateTime<Utc>, recorded_at: &str, record: Option<&AnswerRecord
 
 /// Puts what new events call for into the outbox or digest queues.
 pub fn derive(log: &EventLog, config: &Config) -> Result<DeriveReport, AlertError> {
-    let tree = log.db().open_tree(TREE)?;
-    let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
+    let mut consumer = AlertConsumer::open(log, config)?;
     let head = log.head()?;
-    let now = crate::ingest::now_rfc3339();
-    let mut report = DeriveReport::default();
-    while checkpoint < head {
-        let mut state = Overlay::new(&tree);
-        let mut last = checkpoint;
-        for envelope in log.events_from(checkpoint + 1).take(BATCH) {
-            let envelope = envelope?;
-            if envelope.seq > head {
-                break;
-            }
-            report.queued += queue_event(log, config, &mut state, &envelope, &now)?;
-            last = envelope.seq;
-            report.events_read += 1;
-        }
-        if last == checkpoint {
+    while consumer.checkpoint() < head {
+        let batch = log.read_batch(consumer.checkpoint() + 1, head, BATCH)?;
+        if batch.is_empty() {
             break;
         }
-        tree.apply_batch(state.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
-        checkpoint = last;
+        consumer.apply(log, &batch)?;
     }
-    // Subscriptions added since the last event still get their start recorded now.
-    let mut state = Overlay::new(&tree);
-    for sub in &config.subscriptions {
-        subscription_start(&mut state, sub, &now)?;
-    }
-    tree.apply_batch(state.into_batch(&[]))?;
+    let report = consumer.finish()?;
     log.flush()?;
     Ok(report)
+}
+
+/// The outbox as a consumer of batches of events read by someone else (the pipeline reads each
+/// batch once for all consumers). Events at or before its checkpoint are skipped.
+pub struct AlertConsumer<'c> {
+    config: &'c Config,
+    tree: sled::Tree,
+    checkpoint: u64,
+    now: String,
+    report: DeriveReport,
+}
+
+impl<'c> AlertConsumer<'c> {
+    pub fn open(log: &EventLog, config: &'c Config) -> Result<AlertConsumer<'c>, AlertError> {
+        let tree = log.db().open_tree(TREE)?;
+        let checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
+        Ok(AlertConsumer {
+            config,
+            tree,
+            checkpoint,
+            now: crate::ingest::now_rfc3339(),
+            report: DeriveReport::default(),
+        })
+    }
+
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Queues what the events of `batch` after the checkpoint call for, with the checkpoint, in
+    /// one write.
+    pub fn apply(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), AlertError> {
+        let mut state = Overlay::new(&self.tree);
+        let mut last = None;
+        for envelope in batch.iter().filter(|e| e.seq > self.checkpoint) {
+            self.report.queued += queue_event(log, self.config, &mut state, envelope, &self.now)?;
+            last = Some(envelope.seq);
+            self.report.events_read += 1;
+        }
+        if let Some(last) = last {
+            self.tree
+                .apply_batch(state.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
+            self.checkpoint = last;
+        }
+        Ok(())
+    }
+
+    /// Records the start of subscriptions added since the last event (only those not yet
+    /// recorded: an idle run writes nothing).
+    pub fn finish(self) -> Result<DeriveReport, AlertError> {
+        let mut state = Overlay::new(&self.tree);
+        for sub in &self.config.subscriptions {
+            subscription_start(&mut state, sub, &self.now)?;
+        }
+        if state.has_pending() {
+            self.tree.apply_batch(state.into_batch(&[]))?;
+        }
+        Ok(self.report)
+    }
 }
 
 fn queue_event(
@@ -280,7 +320,7 @@ fn queue_event(
         if let Some(mut item) = state.get_json::<OutboxItem>(&k)? {
             item.state = ItemState::Sent;
             item.message_id = alert.message_id.clone();
-            state.put_json(k, &item);
+            put_item(state, &item);
         }
         return Ok(0);
     }
@@ -338,7 +378,7 @@ fn queue_event(
                 next_attempt_at: None,
                 last_error: None,
             };
-            state.put_json(k, &item);
+            put_item(state, &item);
             queued += 1;
         }
     }
@@ -391,22 +431,96 @@ pub fn outbox(log: &EventLog) -> Result<Vec<OutboxItem>, AlertError> {
         })?;
         items.push(item);
     }
+    sort_items(&mut items);
+    Ok(items)
+}
+
+fn sort_items(items: &mut [OutboxItem]) {
     items.sort_by(|a, b| {
         a.created_at
             .cmp(&b.created_at)
             .then_with(|| a.seqs.cmp(&b.seqs))
             .then_with(|| a.id.cmp(&b.id))
     });
-    Ok(items)
+}
+
+/// The keys an item's state lives under: the item, and its entry in the index of items not yet
+/// sent (`u` id), which is what delivery reads, so that it never scans the sent history.
+fn item_writes(item: &OutboxItem) -> [(Vec<u8>, Option<Vec<u8>>); 2] {
+    [
+        (
+            key(&["o", &item.id]),
+            Some(serde_json::to_vec(item).unwrap_or_default()),
+        ),
+        (
+            key(&["u", &item.id]),
+            (item.state != ItemState::Sent).then(Vec::new),
+        ),
+    ]
+}
+
+fn put_item(state: &mut Overlay<'_>, item: &OutboxItem) {
+    for (k, v) in item_writes(item) {
+        match v {
+            Some(v) => state.put(k, v),
+            None => state.remove(k),
+        }
+    }
 }
 
 fn save_item(tree: &sled::Tree, log: &EventLog, item: &OutboxItem) -> Result<(), AlertError> {
-    tree.insert(
-        key(&["o", &item.id]),
-        serde_json::to_vec(item).unwrap_or_default(),
-    )?;
+    let mut batch = sled::Batch::default();
+    for (k, v) in item_writes(item) {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    tree.apply_batch(batch)?;
     log.flush()?;
     Ok(())
+}
+
+const UNSENT_INDEX_KEY: &[u8] = b"\x00unsent-index";
+
+/// Data dirs from before the unsent index get it built once, from the outbox.
+fn ensure_unsent_index(tree: &sled::Tree) -> Result<(), AlertError> {
+    if tree.contains_key(UNSENT_INDEX_KEY)? {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for entry in tree.scan_prefix(prefix(&["o"])) {
+        let (k, v) = entry?;
+        let item: OutboxItem = serde_json::from_slice(&v).map_err(|e| {
+            AlertError::Overlay(OverlayError::Decode {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                why: e.to_string(),
+            })
+        })?;
+        if item.state != ItemState::Sent {
+            batch.insert(key(&["u", &item.id]), Vec::new());
+        }
+    }
+    batch.insert(UNSENT_INDEX_KEY, b"1".to_vec());
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Items not yet sent, oldest first, read through the unsent index.
+pub fn unsent(log: &EventLog) -> Result<Vec<OutboxItem>, AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    ensure_unsent_index(&tree)?;
+    let state = Overlay::new(&tree);
+    let mut items = Vec::new();
+    for entry in tree.scan_prefix(prefix(&["u"])) {
+        let (k, _) = entry?;
+        let id = String::from_utf8_lossy(&k[2..]).into_owned();
+        if let Some(item) = state.get_json::<OutboxItem>(&key(&["o", &id]))? {
+            items.push(item);
+        }
+    }
+    sort_items(&mut items);
+    Ok(items)
 }
 
 /// Turns due digest queues into outbox items (one per recipient).
@@ -473,10 +587,12 @@ fn make_digests(log: &EventLog, config: &Config, now: DateTime<Utc>) -> Result<u
                     next_attempt_at: None,
                     last_error: None,
                 };
-                batch.insert(
-                    key(&["o", &id]),
-                    serde_json::to_vec(&item).unwrap_or_default(),
-                );
+                for (k, v) in item_writes(&item) {
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
+                    }
+                }
                 made += 1;
             }
         }
@@ -508,7 +624,7 @@ pub fn deliver(
     };
     let tree = log.db().open_tree(TREE)?;
     let mut unreachable = false;
-    for mut item in outbox(log)? {
+    for mut item in unsent(log)? {
         if item.state == ItemState::Sent {
             continue;
         }

@@ -30,6 +30,9 @@ use crate::overlay::{Overlay, OverlayError};
 use crate::record::AnswerRecord;
 use crate::stats;
 
+mod lsh;
+use lsh::LshIndex;
+
 const TREE: &str = "diff";
 const CHECKPOINT: &[u8] = b"checkpoint";
 /// Events handled per committed batch.
@@ -38,11 +41,11 @@ const BATCH: usize = 500;
 /// time a diff can take without a clock (a deadline would make output depend on machine speed).
 const MAX_WORDS_FOR_WORD_DIFF: usize = 20_000;
 const MINHASH_HASHES: usize = 128;
-const LSH_BANDS: usize = 32;
-const LSH_ROWS: usize = MINHASH_HASHES / LSH_BANDS;
-/// Members kept per LSH bucket (the most recent): boilerplate fills buckets, and a cap keeps
-/// each lookup and write bounded.
-const BUCKET_SCAN_LIMIT: usize = 64;
+const LSH_ROWS: usize = MINHASH_HASHES / lsh::BANDS;
+/// The state's format: "2" keeps the LSH index as one chunk per committed batch (`L` + seq).
+const FORMAT_KEY: &[u8] = b"\x00format";
+const FORMAT: &[u8] = b"2";
+const LSH_CHUNK_PREFIX: &[u8] = b"L";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -146,25 +149,91 @@ pub fn run_in_batches(
     settings: &DiffSettings,
     batch_size: usize,
 ) -> Result<DiffReport, DiffError> {
-    let tree = log.db().open_tree(TREE)?;
-    let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
+    let mut consumer = DiffConsumer::open(log, settings)?;
     let head = log.head()?;
-    let mut report = DiffReport::default();
-    while checkpoint < head {
-        let batch: Vec<Envelope> = log
-            .events_from(checkpoint + 1)
-            .take(batch_size.max(1))
-            .take_while(|e| e.as_ref().map_or(true, |e| e.seq <= head))
-            .collect::<Result<_, _>>()?;
-        let Some(last) = batch.last().map(|e| e.seq) else {
+    while consumer.checkpoint() < head {
+        let batch = log.read_batch(consumer.checkpoint() + 1, head, batch_size)?;
+        if batch.is_empty() {
             break;
-        };
-        let mut overlay = Overlay::new(&tree);
-        let mut flags = Vec::new();
-        for envelope in &batch {
-            analyse(log, settings, envelope, &mut overlay, &mut flags)?;
         }
-        report.events_read += batch.len() as u64;
+        consumer.apply(log, &batch)?;
+    }
+    log.flush()?;
+    Ok(consumer.finish())
+}
+
+/// The diff module as a consumer of batches of events read by someone else (the pipeline reads
+/// each batch once for all consumers). Events at or before its checkpoint are skipped.
+pub struct DiffConsumer<'s> {
+    settings: &'s DiffSettings,
+    tree: sled::Tree,
+    checkpoint: u64,
+    /// Loaded on first need: a run with no new answers never reads it.
+    lsh: Option<LshIndex>,
+    report: DiffReport,
+}
+
+impl<'s> DiffConsumer<'s> {
+    pub fn open(log: &EventLog, settings: &'s DiffSettings) -> Result<DiffConsumer<'s>, DiffError> {
+        let tree = log.db().open_tree(TREE)?;
+        let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
+        let format = tree.get(FORMAT_KEY)?;
+        if checkpoint > 0 && format.as_deref() != Some(FORMAT) {
+            // State from the first format (a sled key per LSH bucket): derive it again from the
+            // log. The flags it raised are already in the log, and appending them again appends
+            // nothing, since a flag's identity is its content and the event that raised it.
+            tracing::info!(
+                checkpoint,
+                "diff: state is in an older format; deriving it again from the log"
+            );
+            tree.clear()?;
+            checkpoint = 0;
+        }
+        Ok(DiffConsumer {
+            settings,
+            tree,
+            checkpoint,
+            lsh: None,
+            report: DiffReport {
+                checkpoint,
+                ..DiffReport::default()
+            },
+        })
+    }
+
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Analyses the events of `batch` after the checkpoint, appends the flags they raise, then
+    /// commits the state and the checkpoint in one write. On error the in-memory index is
+    /// dropped (it may be ahead of what was committed) and is loaded again on next use.
+    pub fn apply(&mut self, log: &mut EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
+        let result = self.apply_inner(log, batch);
+        if result.is_err() {
+            self.lsh = None;
+        }
+        result
+    }
+
+    fn apply_inner(&mut self, log: &mut EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
+        let events: Vec<&Envelope> = batch.iter().filter(|e| e.seq > self.checkpoint).collect();
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let mut overlay = Overlay::new(&self.tree);
+        let mut flags = Vec::new();
+        for envelope in &events {
+            analyse(
+                log,
+                self.settings,
+                envelope,
+                &mut overlay,
+                &mut self.lsh,
+                &mut flags,
+            )?;
+        }
+        self.report.events_read += events.len() as u64;
         if !flags.is_empty() {
             let observations: Vec<Observation> = flags
                 .into_iter()
@@ -178,25 +247,66 @@ pub fn run_in_batches(
                 })
                 .collect();
             let appended = log.append(observations, &crate::ingest::now_rfc3339())?;
-            report.flags_raised += appended
+            self.report.flags_raised += appended
                 .outcomes
                 .iter()
                 .filter(|o| matches!(o, Appended::New { .. }))
                 .count() as u64;
         }
-        tree.apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
-        log.flush()?;
-        checkpoint = last;
+        let mut extra: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (CHECKPOINT.to_vec(), last.to_be_bytes().to_vec()),
+            (FORMAT_KEY.to_vec(), FORMAT.to_vec()),
+        ];
+        if let Some(chunk) = self.lsh.as_mut().and_then(LshIndex::take_chunk) {
+            extra.push((lsh_chunk_key(last), chunk));
+        }
+        let extra: Vec<(&[u8], Vec<u8>)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.clone()))
+            .collect();
+        self.tree.apply_batch(overlay.into_batch(&extra))?;
+        self.checkpoint = last;
+        self.report.checkpoint = last;
+        Ok(())
     }
-    report.checkpoint = checkpoint;
-    if report.flags_raised > 0 {
-        tracing::info!(
-            events = report.events_read,
-            flags = report.flags_raised,
-            "diff: flags raised"
-        );
+
+    /// What the consumer did, with a log line when it raised flags.
+    pub fn finish(self) -> DiffReport {
+        if self.report.flags_raised > 0 {
+            tracing::info!(
+                events = self.report.events_read,
+                flags = self.report.flags_raised,
+                "diff: flags raised"
+            );
+        }
+        self.report
     }
-    Ok(report)
+}
+
+/// LSH chunks sort by the checkpoint they were committed with, so they load oldest first.
+fn lsh_chunk_key(last: u64) -> Vec<u8> {
+    let mut key = LSH_CHUNK_PREFIX.to_vec();
+    key.extend_from_slice(&last.to_be_bytes());
+    key
+}
+
+fn load_lsh(tree: &sled::Tree) -> Result<LshIndex, DiffError> {
+    let mut raw = Vec::new();
+    for entry in tree.scan_prefix(LSH_CHUNK_PREFIX) {
+        let (k, v) = entry?;
+        let name = match k
+            .get(LSH_CHUNK_PREFIX.len()..)
+            .and_then(|b| b.try_into().ok())
+        {
+            Some(b) => format!("after event {}", u64::from_be_bytes(b)),
+            None => format!("{k:?}"),
+        };
+        raw.push((name, v));
+    }
+    let index = LshIndex::load(raw.iter().map(|(name, v)| Ok((name.clone(), v.as_ref()))))
+        .map_err(|e| DiffError::State(e.to_string()))?;
+    tracing::debug!(answers = index.len(), "diff: near-duplicate index loaded");
+    Ok(index)
 }
 
 fn analyse(
@@ -204,6 +314,7 @@ fn analyse(
     settings: &DiffSettings,
     envelope: &Envelope,
     state: &mut Overlay<'_>,
+    lsh: &mut Option<LshIndex>,
     flags: &mut Vec<Flag>,
 ) -> Result<(), DiffError> {
     let (Some(question), Some(record)) = (envelope.event.question(), envelope.event.record())
@@ -293,10 +404,15 @@ fn analyse(
     let normalised = normalise_text(&text).to_lowercase();
     let words: Vec<&str> = normalised.split(' ').filter(|w| !w.is_empty()).collect();
     if !is_holding && words.len() >= settings.min_words {
+        let index = match lsh {
+            Some(index) => index,
+            None => lsh.insert(load_lsh(state.tree())?),
+        };
         duplicates(
             log,
             settings,
             state,
+            index,
             question,
             seq,
             &normalised,
@@ -438,6 +554,7 @@ fn duplicates(
     log: &EventLog,
     settings: &DiffSettings,
     state: &mut Overlay<'_>,
+    index: &mut LshIndex,
     question: &QuestionKey,
     seq: u64,
     normalised: &str,
@@ -479,31 +596,9 @@ fn duplicates(
     // Near duplicates: LSH buckets give candidates; each is confirmed on the full texts.
     let signature = minhash(words);
     let own = question_tag(question);
-    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for band in 0..LSH_BANDS {
-        let rows = &signature[band * LSH_ROWS..(band + 1) * LSH_ROWS];
-        let mut h = Sha256::new();
-        for r in rows {
-            h.update(r.to_be_bytes());
-        }
-        // One key per bucket holding its most recent members: a point lookup and one write per
-        // band, where a key per member meant a prefix scan and a B-tree insert per band.
-        let key = format!("b/{band:02}/{}", crate::event::hex(&h.finalize()[..8])).into_bytes();
-        let mut members = state.get(&key)?.unwrap_or_default();
-        for member in members.chunks_exact(16) {
-            let other_seq = u64::from_be_bytes(member[..8].try_into().unwrap_or([0; 8]));
-            let other_tag = u64::from_be_bytes(member[8..].try_into().unwrap_or([0; 8]));
-            if other_tag != own {
-                *votes.entry(other_seq).or_default() += 1;
-            }
-        }
-        if members.len() >= BUCKET_SCAN_LIMIT * 16 {
-            members.drain(..16);
-        }
-        members.extend_from_slice(&seq.to_be_bytes());
-        members.extend_from_slice(&own.to_be_bytes());
-        state.put(key, members);
-    }
+    let buckets = band_buckets(&signature);
+    let votes = index.candidates(&buckets, own);
+    index.insert(seq, own, &buckets).map_err(DiffError::State)?;
     let mut candidates: Vec<(u64, usize)> = votes.into_iter().collect();
     // Most shared bands first, then oldest: deterministic.
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -541,6 +636,19 @@ fn duplicates(
         flags.push(flag(&of, group, false, ratio));
     }
     Ok(())
+}
+
+/// Each band of the signature hashed to a bucket (32 bits: a rare false collision only adds a
+/// candidate, which is confirmed on the full texts like any other).
+fn band_buckets(signature: &[u64]) -> lsh::Buckets {
+    std::array::from_fn(|band| {
+        let mut h = Sha256::new();
+        for r in &signature[band * LSH_ROWS..(band + 1) * LSH_ROWS] {
+            h.update(r.to_be_bytes());
+        }
+        let d = h.finalize();
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    })
 }
 
 /// A question's 8-byte tag in LSH buckets (its own answers are not its duplicates).

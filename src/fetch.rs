@@ -84,6 +84,9 @@ pub struct CycleOptions {
 /// Figures of one cycle, also logged in its span.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleReport {
+    /// The source read (see [`source_id`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
     pub started_at: String,
     pub finished_at: String,
     /// "ok", "interrupted" or "failed: ...".
@@ -142,6 +145,20 @@ pub fn all_states(log: &EventLog) -> Result<Vec<(String, SourceState)>, FetchErr
     Ok(states)
 }
 
+/// Whether a cycle only confirmed what the stored last cycle already says: it succeeded, as
+/// that one did, appended and quarantined nothing, and left the watermark where it was.
+fn is_idle_repeat(stored: Option<&CycleReport>, report: &CycleReport) -> bool {
+    stored.is_some_and(|last| {
+        last.outcome == "ok"
+            && report.outcome == "ok"
+            && report.appended == 0
+            && report.quarantined == 0
+            && last.watermark == report.watermark
+            && last.from == report.from
+            && last.to == report.to
+    })
+}
+
 fn save_state(log: &EventLog, source: &str, state: &SourceState) -> Result<(), FetchError> {
     let tree = log.db().open_tree(STATE_TREE).map_err(LogError::from)?;
     let bytes = serde_json::to_vec(state).map_err(|e| FetchError::State(e.to_string()))?;
@@ -196,6 +213,7 @@ async fn cycle_with_report(
     source: String,
 ) -> (CycleReport, Result<(), FetchError>) {
     let mut report = CycleReport {
+        source: source.clone(),
         started_at: crate::ingest::now_rfc3339(),
         ..CycleReport::default()
     };
@@ -218,8 +236,14 @@ async fn cycle_with_report(
         Err(e) => format!("failed: {e}"),
     };
     // The last cycle's figures are kept even when it failed (the watermark is untouched then).
+    // A cycle that found nothing new and ended as the stored one did writes nothing: an idle
+    // daemon must not wear the disk every few minutes. The daemon keeps such a cycle's report in
+    // memory for `status` and /readyz.
     let stored = load_state(log, &source).and_then(|mut state| {
         report.watermark = state.watermark;
+        if is_idle_repeat(state.last_cycle.as_ref(), &report) {
+            return Ok(());
+        }
         state.last_cycle = Some(report.clone());
         save_state(log, &source, &state)
     });

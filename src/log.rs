@@ -302,6 +302,31 @@ impl EventLog {
             })
     }
 
+    /// Up to `limit` events from `from` (inclusive) to `upto` (inclusive), decoded once: the
+    /// log's consumers share one read of each batch.
+    pub fn read_batch(
+        &self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        if from > upto {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .range(event_key(from)..=event_key(upto))
+            .take(limit.max(1))
+            .map(|entry| {
+                let (key, value) = entry?;
+                let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                    seq: 0,
+                    problem: format!("malformed event key {key:?}"),
+                })?;
+                decode_envelope(seq, &value)
+            })
+            .collect()
+    }
+
     /// The latest content recorded for a question.
     pub fn question_head(&self, question: &QuestionKey) -> Result<Option<QuestionHead>, LogError> {
         match self.tree.get(head_key(question))? {

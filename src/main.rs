@@ -509,7 +509,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status => {
             let log = open_derived(&data_dir, store, &config)?;
-            answerfeed::ops::print_status(&answerfeed::ops::status(&log)?, cli.json, &mut out)?;
+            answerfeed::ops::print_status(
+                &answerfeed::ops::status(&log, None)?,
+                cli.json,
+                &mut out,
+            )?;
             ExitCode::SUCCESS
         }
         Command::Backup { dir } => {

@@ -80,7 +80,18 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-pub fn status(log: &EventLog) -> Result<StatusReport, OpsError> {
+/// The newer of the stored last cycle and the running daemon's (idle cycles are not stored).
+fn latest_cycle(stored: Option<CycleReport>, live: Option<&CycleReport>) -> Option<CycleReport> {
+    match (stored, live) {
+        (Some(s), Some(l)) if l.source == s.source && l.finished_at > s.finished_at => {
+            Some(l.clone())
+        }
+        (stored, _) => stored,
+    }
+}
+
+/// The data dir's state; `live` is the running daemon's latest cycle, when there is one.
+pub fn status(log: &EventLog, live: Option<&CycleReport>) -> Result<StatusReport, OpsError> {
     let today = chrono::Utc::now().date_naive();
     let sources = crate::fetch::all_states(log)
         .map_err(|e| OpsError::Backup(e.to_string()))?
@@ -88,7 +99,7 @@ pub fn status(log: &EventLog) -> Result<StatusReport, OpsError> {
         .map(|(source, state): (String, SourceState)| SourceStatus {
             lag_days: state.watermark.map(|w| (today - w).num_days()),
             watermark: state.watermark,
-            last_cycle: state.last_cycle,
+            last_cycle: latest_cycle(state.last_cycle, live),
             source,
         })
         .collect();
@@ -226,6 +237,8 @@ pub struct Metrics {
     alerts_failed: AtomicU64,
     appended: Mutex<BTreeMap<String, u64>>,
     durations: Mutex<Histogram>,
+    /// This process's latest cycle: an idle cycle is not written to the data dir.
+    last_cycle: Mutex<Option<CycleReport>>,
 }
 
 const BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0];
@@ -238,7 +251,15 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// The latest cycle this process ran.
+    pub fn last_cycle(&self) -> Option<CycleReport> {
+        self.last_cycle.lock().ok().and_then(|c| c.clone())
+    }
+
     pub fn record_cycle(&self, report: &CycleReport) {
+        if let Ok(mut last) = self.last_cycle.lock() {
+            *last = Some(report.clone());
+        }
         let counter = match report.outcome.as_str() {
             "ok" => &self.cycles_ok,
             "interrupted" => &self.cycles_interrupted,
@@ -370,7 +391,7 @@ impl Metrics {
             "Sequence number of the last event in the log.",
             vec![(String::new(), head.to_string())],
         );
-        if let Ok(report) = status(log) {
+        if let Ok(report) = status(log, self.last_cycle().as_ref()) {
             let outbox: Vec<(String, String)> = report
                 .outbox
                 .iter()
@@ -473,7 +494,12 @@ pub struct RemoteResponse {
 }
 
 /// Runs a read-only command against an open log, as the CLI would with the daemon stopped.
-pub fn execute(log: &EventLog, config: &Config, request: &RemoteRequest) -> RemoteResponse {
+pub fn execute(
+    log: &EventLog,
+    config: &Config,
+    live: Option<&CycleReport>,
+    request: &RemoteRequest,
+) -> RemoteResponse {
     let mut out: Vec<u8> = Vec::new();
     let json = request.json;
     let style = Style {
@@ -481,7 +507,7 @@ pub fn execute(log: &EventLog, config: &Config, request: &RemoteRequest) -> Remo
     };
     let result: Result<u8, OpsError> = (|| {
         match &request.command {
-            Remote::Status => print_status(&status(log)?, json, &mut out)?,
+            Remote::Status => print_status(&status(log, live)?, json, &mut out)?,
             Remote::Events { from, limit } => commands::events(log, *from, *limit, json, &mut out)?,
             Remote::Questions {
                 topic,
@@ -581,9 +607,11 @@ impl OpsState {
     /// Ready: the last fetch cycle succeeded, recently enough for the schedule.
     pub fn readiness(&self) -> Result<String, String> {
         let states = crate::fetch::all_states(&self.log).map_err(|e| e.to_string())?;
+        let live = self.metrics.last_cycle();
         let last = states
             .into_iter()
-            .filter_map(|(_, s)| s.last_cycle)
+            .filter_map(|(_, s)| latest_cycle(s.last_cycle, live.as_ref()))
+            .chain(live.clone())
             .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
             .ok_or_else(|| "no fetch cycle has finished yet".to_string())?;
         if last.outcome != "ok" && last.outcome != "interrupted" {
@@ -656,7 +684,11 @@ pub async fn serve(
         Json(request): Json<RemoteRequest>,
     ) -> (StatusCode, Json<RemoteResponse>) {
         let s = state.clone();
-        match tokio::task::spawn_blocking(move || execute(&s.log, &s.config, &request)).await {
+        match tokio::task::spawn_blocking(move || {
+            execute(&s.log, &s.config, s.metrics.last_cycle().as_ref(), &request)
+        })
+        .await
+        {
             Ok(response) => (StatusCode::OK, Json(response)),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

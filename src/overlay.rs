@@ -33,6 +33,16 @@ impl<'a> Overlay<'a> {
         }
     }
 
+    /// The tree under the overlay (for reads that bypass the pending writes).
+    pub fn tree(&self) -> &'a sled::Tree {
+        self.tree
+    }
+
+    /// Whether anything is waiting to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, OverlayError> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());

@@ -7,7 +7,7 @@
 use crate::alert::{self, AlertError};
 use crate::config::Config;
 use crate::diff::{self, DiffError, DiffReport, DiffSettings};
-use crate::log::EventLog;
+use crate::log::{EventLog, LogError};
 use crate::project::{self, ProjectError, ProjectReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,8 @@ pub enum PipelineError {
     Project(#[from] ProjectError),
     #[error("alerts: {0}")]
     Alert(#[from] AlertError),
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,15 +29,44 @@ pub struct DeriveReport {
     pub alerts: alert::DeriveReport,
 }
 
+/// Events read from the log per pass: each batch is read and decoded once, then handed to the
+/// diff module, the projections and the outbox in turn.
+const BATCH: usize = 1000;
+
 /// Brings flags and views up to the log's head.
+///
+/// The three consumers keep their own checkpoints (a crash can leave them at different events),
+/// so each batch starts at the earliest of them and each consumer skips what it has already
+/// applied. Flags the diff module appends land after the current batch and are read by a later
+/// pass, in log order, exactly as `rebuild` replays them.
 pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
     let settings = DiffSettings::new(&config.diff, &config.trackers);
-    let diff = diff::run(log, &settings)?;
-    let project = project::run(log, &config.topics)?;
-    let alerts = alert::derive(log, config)?;
-    Ok(DeriveReport {
-        diff,
-        project,
-        alerts,
-    })
+    let mut diff = diff::DiffConsumer::open(log, &settings)?;
+    let mut project = project::ProjectConsumer::open(log, &config.topics)?;
+    let mut alerts = alert::AlertConsumer::open(log, config)?;
+    loop {
+        let head = log.head()?;
+        let from = diff
+            .checkpoint()
+            .min(project.checkpoint())
+            .min(alerts.checkpoint())
+            + 1;
+        if from > head {
+            break;
+        }
+        let batch = log.read_batch(from, head, BATCH)?;
+        if batch.is_empty() {
+            break;
+        }
+        diff.apply(log, &batch)?;
+        project.apply(&batch)?;
+        alerts.apply(log, &batch)?;
+    }
+    let report = DeriveReport {
+        diff: diff.finish(),
+        project: project.finish(),
+        alerts: alerts.finish()?,
+    };
+    log.flush()?;
+    Ok(report)
 }

@@ -134,31 +134,68 @@ pub fn checkpoint(log: &EventLog) -> Result<u64, ProjectError> {
 
 /// Applies every event after the checkpoint.
 pub fn run(log: &EventLog, topics: &[TopicConfig]) -> Result<ProjectReport, ProjectError> {
-    let tree = log.db().open_tree(TREE)?;
-    let mut checkpoint = read_checkpoint(&tree)?;
+    let mut consumer = ProjectConsumer::open(log, topics)?;
     let head = log.head()?;
-    let mut report = ProjectReport::default();
-    while checkpoint < head {
-        let mut overlay = Overlay::new(&tree);
-        let mut last = checkpoint;
-        for envelope in log.events_from(checkpoint + 1).take(BATCH) {
-            let envelope = envelope?;
-            if envelope.seq > head {
-                break;
-            }
-            apply(&mut overlay, topics, &envelope)?;
-            last = envelope.seq;
-            report.events_applied += 1;
-        }
-        if last == checkpoint {
+    while consumer.checkpoint() < head {
+        let batch = log.read_batch(consumer.checkpoint() + 1, head, BATCH)?;
+        if batch.is_empty() {
             break;
         }
-        tree.apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
-        checkpoint = last;
+        consumer.apply(&batch)?;
     }
     log.flush()?;
-    report.checkpoint = checkpoint;
-    Ok(report)
+    Ok(consumer.finish())
+}
+
+/// The projections as a consumer of batches of events read by someone else (the pipeline reads
+/// each batch once for all consumers). Events at or before its checkpoint are skipped.
+pub struct ProjectConsumer<'t> {
+    topics: &'t [TopicConfig],
+    tree: sled::Tree,
+    report: ProjectReport,
+}
+
+impl<'t> ProjectConsumer<'t> {
+    pub fn open(
+        log: &EventLog,
+        topics: &'t [TopicConfig],
+    ) -> Result<ProjectConsumer<'t>, ProjectError> {
+        let tree = log.db().open_tree(TREE)?;
+        let checkpoint = read_checkpoint(&tree)?;
+        Ok(ProjectConsumer {
+            topics,
+            tree,
+            report: ProjectReport {
+                events_applied: 0,
+                checkpoint,
+            },
+        })
+    }
+
+    pub fn checkpoint(&self) -> u64 {
+        self.report.checkpoint
+    }
+
+    /// Applies the events of `batch` after the checkpoint, with the checkpoint, in one write.
+    pub fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectError> {
+        let mut overlay = Overlay::new(&self.tree);
+        let mut last = None;
+        for envelope in batch.iter().filter(|e| e.seq > self.report.checkpoint) {
+            apply(&mut overlay, self.topics, envelope)?;
+            last = Some(envelope.seq);
+            self.report.events_applied += 1;
+        }
+        if let Some(last) = last {
+            self.tree
+                .apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
+            self.report.checkpoint = last;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> ProjectReport {
+        self.report
+    }
 }
 
 /// Drops every view and replays the whole log. Returns the digest of the views before and after.

@@ -1,0 +1,318 @@
+//! The near-duplicate candidate index: MinHash band buckets in memory, persisted compactly.
+//!
+//! sled charges a B-tree write per key, and a bucket per band per answer made duplicate search
+//! cost 32 writes an answer (most of the diff module's time). Here the buckets live in memory as
+//! one sorted `Vec<u64>` per band (`bucket << 32 | member`, 8 bytes an entry, no per-bucket
+//! allocation), with a small hash map of the newest entries that is merged in from time to time.
+//! What the diff module persists is one sled value per committed batch holding that batch's
+//! entries ([`LshIndex::take_chunk`]), written in the same atomic batch as the diff checkpoint,
+//! so the index loaded after a crash is exactly the index as of the checkpoint.
+//!
+//! Lookups see, per bucket, its latest [`BUCKET_LIMIT`] members, as the per-bucket keys of the
+//! first format did; results do not depend on when merges happen.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Bands of the MinHash signature, each hashed to one bucket.
+pub const BANDS: usize = 32;
+/// Members kept per bucket (the most recent): boilerplate fills buckets, and a cap keeps each
+/// lookup bounded.
+pub const BUCKET_LIMIT: usize = 64;
+/// Fresh entries (per band) merged into the sorted runs once this many answers are waiting.
+const MERGE_AT: usize = 16_384;
+/// Chunk encoding version (the first byte of every persisted chunk).
+const CHUNK_V1: u8 = 1;
+/// seq, question tag, one bucket per band.
+const ENTRY_BYTES: usize = 8 + 8 + 4 * BANDS;
+
+/// A band's bucket for each band of one answer.
+pub type Buckets = [u32; BANDS];
+
+#[derive(Debug, Default)]
+pub struct LshIndex {
+    /// Member number -> (event seq, question tag), in the order answers were added.
+    members: Vec<(u64, u64)>,
+    /// Per band, `bucket << 32 | member`, sorted.
+    sorted: Vec<Vec<u64>>,
+    /// Per band, the entries added since the last merge: bucket -> members, ascending.
+    fresh: Vec<HashMap<u32, Vec<u32>>>,
+    fresh_answers: usize,
+    /// Entries added since the last [`LshIndex::take_chunk`], encoded.
+    pending: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("near-duplicate index chunk {chunk}: {why}")]
+pub struct ChunkError {
+    pub chunk: String,
+    pub why: String,
+}
+
+impl LshIndex {
+    pub fn new() -> LshIndex {
+        LshIndex {
+            sorted: vec![Vec::new(); BANDS],
+            fresh: vec![HashMap::new(); BANDS],
+            ..LshIndex::default()
+        }
+    }
+
+    /// Builds the index from persisted chunks, oldest first.
+    pub fn load<'a>(
+        chunks: impl Iterator<Item = Result<(String, &'a [u8]), ChunkError>>,
+    ) -> Result<LshIndex, ChunkError> {
+        let mut index = LshIndex::new();
+        for chunk in chunks {
+            let (name, bytes) = chunk?;
+            let bad = |why: String| ChunkError {
+                chunk: name.clone(),
+                why,
+            };
+            let Some((&version, body)) = bytes.split_first() else {
+                return Err(bad("empty".into()));
+            };
+            if version != CHUNK_V1 {
+                return Err(bad(format!("unknown version {version}")));
+            }
+            if body.len() % ENTRY_BYTES != 0 {
+                return Err(bad(format!(
+                    "{} bytes is not a whole number of {ENTRY_BYTES}-byte entries",
+                    body.len()
+                )));
+            }
+            for entry in body.chunks_exact(ENTRY_BYTES) {
+                let (seq, tag, buckets) = decode_entry(entry);
+                let member = index.push_member(seq, tag).map_err(bad)?;
+                for (band, bucket) in buckets.iter().enumerate() {
+                    index.sorted[band].push(u64::from(*bucket) << 32 | u64::from(member));
+                }
+            }
+        }
+        for band in &mut index.sorted {
+            band.sort_unstable();
+            prune(band);
+        }
+        Ok(index)
+    }
+
+    /// Answers in the index.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Votes per earlier answer (by event seq) sharing a bucket with `buckets`, leaving out
+    /// answers to the question tagged `own`.
+    pub fn candidates(&self, buckets: &Buckets, own: u64) -> BTreeMap<u64, usize> {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for (band, bucket) in buckets.iter().enumerate() {
+            let sorted = &self.sorted[band];
+            let lo = u64::from(*bucket) << 32;
+            let start = sorted.partition_point(|e| *e < lo);
+            let end = sorted.partition_point(|e| *e >> 32 <= u64::from(*bucket));
+            let old = &sorted[start..end];
+            let new: &[u32] = self.fresh[band].get(bucket).map_or(&[], |v| v.as_slice());
+            // Latest BUCKET_LIMIT of old ++ new (both ascending).
+            let from_new = new.len().min(BUCKET_LIMIT);
+            let from_old = (BUCKET_LIMIT - from_new).min(old.len());
+            let members = old[old.len() - from_old..]
+                .iter()
+                .map(|e| (*e & 0xffff_ffff) as u32)
+                .chain(new[new.len() - from_new..].iter().copied());
+            for member in members {
+                if let Some(&(seq, tag)) = self.members.get(member as usize) {
+                    if tag != own {
+                        *votes.entry(seq).or_default() += 1;
+                    }
+                }
+            }
+        }
+        votes
+    }
+
+    /// Adds an answer (after looking up its candidates).
+    pub fn insert(&mut self, seq: u64, tag: u64, buckets: &Buckets) -> Result<(), String> {
+        let member = self.push_member(seq, tag)?;
+        for (band, bucket) in buckets.iter().enumerate() {
+            self.fresh[band].entry(*bucket).or_default().push(member);
+        }
+        if self.pending.is_empty() {
+            self.pending.push(CHUNK_V1);
+        }
+        self.pending.extend_from_slice(&seq.to_be_bytes());
+        self.pending.extend_from_slice(&tag.to_be_bytes());
+        for bucket in buckets {
+            self.pending.extend_from_slice(&bucket.to_be_bytes());
+        }
+        self.fresh_answers += 1;
+        if self.fresh_answers >= MERGE_AT {
+            self.merge();
+        }
+        Ok(())
+    }
+
+    /// The encoded entries added since the last call, to persist with the checkpoint.
+    pub fn take_chunk(&mut self) -> Option<Vec<u8>> {
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+
+    fn push_member(&mut self, seq: u64, tag: u64) -> Result<u32, String> {
+        let member = u32::try_from(self.members.len())
+            .map_err(|_| "more than 4 billion answers in the index".to_string())?;
+        self.members.push((seq, tag));
+        Ok(member)
+    }
+
+    fn merge(&mut self) {
+        for (sorted, fresh) in self.sorted.iter_mut().zip(&mut self.fresh) {
+            let mut add: Vec<u64> = fresh
+                .drain()
+                .flat_map(|(bucket, members)| {
+                    members
+                        .into_iter()
+                        .map(move |m| u64::from(bucket) << 32 | u64::from(m))
+                })
+                .collect();
+            add.sort_unstable();
+            let mut merged = Vec::with_capacity(sorted.len() + add.len());
+            let (mut i, mut j) = (0, 0);
+            while i < sorted.len() && j < add.len() {
+                if sorted[i] <= add[j] {
+                    merged.push(sorted[i]);
+                    i += 1;
+                } else {
+                    merged.push(add[j]);
+                    j += 1;
+                }
+            }
+            merged.extend_from_slice(&sorted[i..]);
+            merged.extend_from_slice(&add[j..]);
+            prune(&mut merged);
+            *sorted = merged;
+        }
+        self.fresh_answers = 0;
+    }
+}
+
+/// Keeps only the latest BUCKET_LIMIT members of each bucket: older ones are never looked at.
+fn prune(sorted: &mut Vec<u64>) {
+    let mut out = 0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let bucket = sorted[i] >> 32;
+        let mut end = i;
+        while end < sorted.len() && sorted[end] >> 32 == bucket {
+            end += 1;
+        }
+        let keep_from = end.saturating_sub(BUCKET_LIMIT).max(i);
+        for k in keep_from..end {
+            sorted[out] = sorted[k];
+            out += 1;
+        }
+        i = end;
+    }
+    sorted.truncate(out);
+    sorted.shrink_to_fit();
+}
+
+fn decode_entry(entry: &[u8]) -> (u64, u64, Buckets) {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&entry[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let mut buckets = [0u32; BANDS];
+    for (band, bucket) in buckets.iter_mut().enumerate() {
+        let at = 16 + band * 4;
+        *bucket = u32::from_be_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]);
+    }
+    (word(0), word(8), buckets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The first format: one list per (band, bucket) keeping its latest BUCKET_LIMIT members.
+    #[derive(Default)]
+    struct Reference {
+        buckets: HashMap<(usize, u32), Vec<(u64, u64)>>,
+    }
+
+    impl Reference {
+        fn candidates(&self, buckets: &Buckets, own: u64) -> BTreeMap<u64, usize> {
+            let mut votes = BTreeMap::new();
+            for (band, bucket) in buckets.iter().enumerate() {
+                for (seq, tag) in self.buckets.get(&(band, *bucket)).into_iter().flatten() {
+                    if *tag != own {
+                        *votes.entry(*seq).or_default() += 1;
+                    }
+                }
+            }
+            votes
+        }
+        fn insert(&mut self, seq: u64, tag: u64, buckets: &Buckets) {
+            for (band, bucket) in buckets.iter().enumerate() {
+                let members = self.buckets.entry((band, *bucket)).or_default();
+                if members.len() >= BUCKET_LIMIT {
+                    members.remove(0);
+                }
+                members.push((seq, tag));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Same votes as the per-bucket lists, across merges and a reload from chunks taken at
+        /// arbitrary points.
+        #[test]
+        fn matches_per_bucket_lists(
+            answers in proptest::collection::vec((0u32..6, 0u64..5), 1..400),
+            cut_every in 1usize..90,
+        ) {
+            let mut index = LshIndex::new();
+            let mut reference = Reference::default();
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            for (i, (bucket_seed, tag)) in answers.iter().enumerate() {
+                // Few distinct buckets, so buckets overflow BUCKET_LIMIT.
+                let buckets: Buckets =
+                    std::array::from_fn(|band| (bucket_seed + band as u32 % 3) * 7 + band as u32);
+                let seq = (i as u64 + 1) * 2;
+                prop_assert_eq!(index.candidates(&buckets, *tag), reference.candidates(&buckets, *tag));
+                index.insert(seq, *tag, &buckets).unwrap();
+                reference.insert(seq, *tag, &buckets);
+                if i % 37 == 0 {
+                    index.merge();
+                }
+                if i % cut_every == 0 {
+                    chunks.extend(index.take_chunk());
+                }
+            }
+            chunks.extend(index.take_chunk());
+            let reloaded = LshIndex::load(
+                chunks.iter().enumerate().map(|(i, c)| Ok((i.to_string(), c.as_slice()))),
+            )
+            .unwrap();
+            prop_assert_eq!(reloaded.len(), answers.len());
+            for seed in 0..6u32 {
+                let buckets: Buckets =
+                    std::array::from_fn(|band| (seed + band as u32 % 3) * 7 + band as u32);
+                prop_assert_eq!(reloaded.candidates(&buckets, 99), reference.candidates(&buckets, 99));
+                prop_assert_eq!(index.candidates(&buckets, 99), reference.candidates(&buckets, 99));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_named() {
+        let err = LshIndex::load([Ok(("L7".to_string(), &[1u8, 2, 3][..]))].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("L7") && err.contains("whole number"), "{err}");
+        let err = LshIndex::load([Ok(("L8".to_string(), &[9u8][..]))].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown version 9"), "{err}");
+    }
+}
