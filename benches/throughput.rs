@@ -24,6 +24,10 @@ use answerfeed::fetch::{self, ApiClient, CycleOptions};
 use answerfeed::log::{EventLog, StoreOptions};
 use answerfeed::shutdown::Shutdown;
 
+// The same allocator as the binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n: usize = std::env::var("BENCH_N")
         .ok()
@@ -45,74 +49,83 @@ fn main() {
     );
     let config = Config::defaults().expect("defaults");
 
-    // 1. Ingest from a local file.
     let tmp = tempfile::tempdir().expect("tempdir");
-    let file = tmp.path().join("records.jsonl");
-    {
-        let mut f = std::fs::File::create(&file).expect("file");
-        for r in &records {
-            f.write_all(r.json.as_bytes()).expect("write");
-            f.write_all(b"\n").expect("write");
+    if phase("ingest") {
+        // 1. Ingest from a local file.
+        let file = tmp.path().join("records.jsonl");
+        {
+            let mut f = std::fs::File::create(&file).expect("file");
+            for r in &records {
+                f.write_all(r.json.as_bytes()).expect("write");
+                f.write_all(b"\n").expect("write");
+            }
+        }
+        let dir = tmp.path().join("ingest");
+        let mut log = EventLog::open(&dir, store_options()).expect("open");
+        let started = Instant::now();
+        let bytes = std::fs::read(&file).expect("read");
+        let items = answerfeed::parse::api::decode_recorded(&bytes).expect("decode");
+        let summary =
+            answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+        let ingest = started.elapsed();
+        report("ingest (file -> parse -> log)", n, ingest);
+        assert_eq!(summary.records, n);
+        let started = Instant::now();
+        let derived = answerfeed::pipeline::derive(&mut log, &config).expect("derive");
+        let derive = started.elapsed();
+        report("derive (flags + views + outbox)", n, derive);
+        println!("  flags raised: {}", derived.diff.flags_raised);
+        let views = answerfeed::project::Views::open(&log).expect("views");
+        for kind in answerfeed::event::FLAG_KINDS {
+            println!(
+                "    {kind}: {}",
+                views.flag_seqs(Some(kind)).map(|s| s.len()).unwrap_or(0)
+            );
+        }
+        let started = Instant::now();
+        let (before, after, _) =
+            answerfeed::project::rebuild(&log, &config.topics).expect("rebuild");
+        println!(
+            "rebuild of the views: {:.2} s (identical: {})",
+            started.elapsed().as_secs_f64(),
+            before == after
+        );
+        let disk = answerfeed::ops::dir_bytes(&dir);
+        println!(
+            "log on disk: {:.1} MB, {} bytes per answer",
+            disk as f64 / 1e6,
+            disk / n as u64
+        );
+        drop(log);
+    }
+
+    if phase("dups") {
+        // 2. Duplicate detection alone, at three sizes.
+        for size in [n / 4, n / 2, n] {
+            let dir = tmp.path().join(format!("dups-{size}"));
+            let mut log = EventLog::open(&dir, store_options()).expect("open");
+            let items =
+                answerfeed::parse::api::decode_recorded(&join(&records[..size])).expect("decode");
+            answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+            let settings = answerfeed::diff::DiffSettings::new(&config.diff, &[]);
+            let started = Instant::now();
+            answerfeed::diff::run(&mut log, &settings).expect("diff");
+            let took = started.elapsed();
+            println!(
+                "duplicate detection over {size} answers: {:.2} s ({:.1} µs/answer)",
+                took.as_secs_f64(),
+                took.as_secs_f64() * 1e6 / size.max(1) as f64
+            );
         }
     }
-    let dir = tmp.path().join("ingest");
-    let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
-    let started = Instant::now();
-    let bytes = std::fs::read(&file).expect("read");
-    let items = answerfeed::parse::api::decode_recorded(&bytes).expect("decode");
-    let summary = answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
-    let ingest = started.elapsed();
-    report("ingest (file -> parse -> log)", n, ingest);
-    assert_eq!(summary.records, n);
-    let started = Instant::now();
-    let derived = answerfeed::pipeline::derive(&mut log, &config).expect("derive");
-    let derive = started.elapsed();
-    report("derive (flags + views + outbox)", n, derive);
-    println!("  flags raised: {}", derived.diff.flags_raised);
-    let views = answerfeed::project::Views::open(&log).expect("views");
-    for kind in answerfeed::event::FLAG_KINDS {
-        println!(
-            "    {kind}: {}",
-            views.flag_seqs(Some(kind)).map(|s| s.len()).unwrap_or(0)
-        );
-    }
-    let started = Instant::now();
-    let (before, after, _) = answerfeed::project::rebuild(&log, &config.topics).expect("rebuild");
-    println!(
-        "rebuild of the views: {:.2} s (identical: {})",
-        started.elapsed().as_secs_f64(),
-        before == after
-    );
-    let disk = answerfeed::ops::dir_bytes(&dir);
-    println!(
-        "log on disk: {:.1} MB, {} bytes per answer",
-        disk as f64 / 1e6,
-        disk / n as u64
-    );
-    drop(log);
 
-    // 2. Duplicate detection alone, at three sizes.
-    for size in [n / 4, n / 2, n] {
-        let dir = tmp.path().join(format!("dups-{size}"));
-        let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
-        let items =
-            answerfeed::parse::api::decode_recorded(&join(&records[..size])).expect("decode");
-        answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
-        let settings = answerfeed::diff::DiffSettings::new(&config.diff, &[]);
-        let started = Instant::now();
-        answerfeed::diff::run(&mut log, &settings).expect("diff");
-        let took = started.elapsed();
-        println!(
-            "duplicate detection over {size} answers: {:.2} s ({:.1} µs/answer)",
-            took.as_secs_f64(),
-            took.as_secs_f64() * 1e6 / size.max(1) as f64
-        );
+    if !phase("http") {
+        return;
     }
-
     // 3. A full backfill over HTTP.
     let server = BenchServer::start(records);
     let dir = tmp.path().join("http");
-    let mut log = EventLog::open(&dir, StoreOptions::default()).expect("open");
+    let mut log = EventLog::open(&dir, store_options()).expect("open");
     let mut fetch_config = config.fetch.clone();
     fetch_config.base_url = server.base_url.clone();
     fetch_config.window_days = 31;
@@ -182,6 +195,25 @@ fn main() {
         (cpu_time() - cpu0).as_secs_f64() * 1e3,
         written_bytes().saturating_sub(io0)
     );
+}
+
+/// sled's cache as the daemon's default config sets it, or `BENCH_CACHE_MB`.
+fn store_options() -> StoreOptions {
+    match std::env::var("BENCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(mb) => StoreOptions {
+            cache_bytes: mb * 1024 * 1024,
+        },
+        None => StoreOptions::default(),
+    }
+}
+
+/// Whether a phase is to run: all by default, or those named in `BENCH_PHASES`
+/// (comma-separated: ingest, dups, http, idle).
+fn phase(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
 
 fn report(what: &str, n: usize, took: Duration) {

@@ -657,47 +657,76 @@ fn question_tag(question: &QuestionKey) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// 128 MinHash values over word 3-shingles, with fixed seeds so results never vary between runs.
+/// A 128-value MinHash signature over word 3-shingles by one-permutation hashing: each shingle
+/// is hashed once and lands in one of 128 bins, which keeps its minimum; empty bins borrow a
+/// filled bin's value, chosen by a fixed probe sequence (optimal densification, Shrivastava
+/// 2017). Two texts agree in a bin with probability close to their shingles' Jaccard
+/// similarity, as with 128 independent hash functions, at 1/128th of the hashing. No seeds
+/// depend on the run, so results never vary.
 fn minhash(words: &[&str]) -> Vec<u64> {
-    let mut signature = vec![u64::MAX; MINHASH_HASHES];
-    let shingles: Vec<u64> = if words.len() < 3 {
-        vec![fnv1a(words.join(" ").as_bytes())]
-    } else {
-        words
-            .windows(3)
-            .map(|w| fnv1a(w.join(" ").as_bytes()))
-            .collect()
+    const BIN_BITS: u32 = 7;
+    let mut bins = [u64::MAX; MINHASH_HASHES];
+    let mut filled = [false; MINHASH_HASHES];
+    let mut add = |shingle: u64| {
+        let h = mix64(shingle);
+        let bin = (h >> (64 - BIN_BITS)) as usize;
+        let value = h & (u64::MAX >> BIN_BITS);
+        if value < bins[bin] {
+            bins[bin] = value;
+        }
+        filled[bin] = true;
     };
-    for (i, slot) in signature.iter_mut().enumerate() {
-        let (a, b) = seeds(i as u64);
-        for s in &shingles {
-            let h = s.wrapping_mul(a).wrapping_add(b).rotate_left(31) ^ (s >> 17);
-            if h < *slot {
-                *slot = h;
-            }
+    if words.len() < 3 {
+        add(shingle_hash(words));
+    } else {
+        for w in words.windows(3) {
+            add(shingle_hash(w));
         }
     }
-    signature
+    if !filled.iter().any(|f| *f) {
+        return bins.to_vec();
+    }
+    (0..MINHASH_HASHES)
+        .map(|i| {
+            if filled[i] {
+                return bins[i];
+            }
+            let mut attempt = 0u64;
+            loop {
+                attempt += 1;
+                let donor = (mix64((i as u64) << 32 | attempt) >> (64 - BIN_BITS)) as usize;
+                if filled[donor] {
+                    return bins[donor];
+                }
+            }
+        })
+        .collect()
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a of the words joined by single spaces, without building the joined string.
+fn shingle_hash(words: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
+    let mut feed = |b: u8| {
+        h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            feed(b' ');
+        }
+        for b in word.bytes() {
+            feed(b);
+        }
     }
     h
 }
 
-/// splitmix64 of the hash index: fixed, odd multipliers.
-fn seeds(i: u64) -> (u64, u64) {
-    let mix = |mut z: u64| {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    (mix(2 * i) | 1, mix(2 * i + 1))
+/// splitmix64's finaliser: spreads every input bit over the output.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The diff module's checkpoint.
@@ -742,6 +771,41 @@ mod tests {
             .filter(|(x, y)| **x == *y)
             .count();
         assert!(same > 40, "{same}");
+    }
+
+    /// Banding favours recall (see ../shared/pitfalls.md): pairs at the confirmation threshold
+    /// must nearly always share a band, so that the exact check gets to see them.
+    #[test]
+    fn pairs_at_the_threshold_share_a_band() {
+        let vocabulary: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut at_threshold, mut found) = (0, 0);
+        for _ in 0..300 {
+            let len = 40 + rng.usize(..200);
+            let a: Vec<&str> = (0..len)
+                .map(|_| vocabulary[rng.usize(..vocabulary.len())].as_str())
+                .collect();
+            let mut b = a.clone();
+            // Scattered substitutions: the hardest case for shingles.
+            for _ in 0..(len * (5 + rng.usize(..6)) / 100).max(1) {
+                let at = rng.usize(..len);
+                b[at] = "changed";
+            }
+            let ratio = similarity(&a.join(" "), &b.join(" "));
+            if ratio < 0.9 {
+                continue;
+            }
+            at_threshold += 1;
+            let (sa, sb) = (band_buckets(&minhash(&a)), band_buckets(&minhash(&b)));
+            if sa.iter().zip(sb.iter()).any(|(x, y)| x == y) {
+                found += 1;
+            }
+        }
+        assert!(at_threshold > 200, "{at_threshold}");
+        assert!(
+            found as f64 >= 0.97 * at_threshold as f64,
+            "{found} of {at_threshold} pairs at ratio >= 0.9 became candidates"
+        );
     }
 
     #[test]

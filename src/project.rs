@@ -205,8 +205,11 @@ pub fn rebuild(
 ) -> Result<(String, String, ProjectReport), ProjectError> {
     let tree = log.db().open_tree(TREE)?;
     let before = crate::overlay::tree_digest(&tree)?;
-    tree.clear()?;
+    drop(tree);
+    // Dropping the tree frees its pages at once; `clear` removes key by key.
+    log.db().drop_tree(TREE)?;
     log.flush()?;
+    let tree = log.db().open_tree(TREE)?;
     let report = run(log, topics)?;
     let after = crate::overlay::tree_digest(&tree)?;
     Ok((before, after, report))
@@ -304,11 +307,7 @@ fn apply_answer(
         }
     }
     let api = record.api.as_ref();
-    let topic_names: Vec<String> = topics
-        .iter()
-        .filter(|t| topic_matches(t, record))
-        .map(|t| t.name.clone())
-        .collect();
+    let topic_names = matching_topics(topics, record);
     let force_ids: Vec<String> = record.forces.iter().map(|f| f.id.clone()).collect();
     let mut owned: Vec<String> = Vec::new();
     let mut own = |state: &mut Overlay<'_>, k: Vec<u8>, v: Vec<u8>| {
@@ -386,6 +385,25 @@ fn apply_answer(
 
 /// Whether a record belongs to a topic (see config/default.toml).
 pub fn topic_matches(topic: &TopicConfig, record: &AnswerRecord) -> bool {
+    topic_matches_with(topic, record, &std::cell::OnceCell::new())
+}
+
+/// The names of the topics a record belongs to.
+pub fn matching_topics(topics: &[TopicConfig], record: &AnswerRecord) -> Vec<String> {
+    // The lower-cased text is made once for all topics, and only if a keyword needs it.
+    let text = std::cell::OnceCell::new();
+    topics
+        .iter()
+        .filter(|t| topic_matches_with(t, record, &text))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+fn topic_matches_with(
+    topic: &TopicConfig,
+    record: &AnswerRecord,
+    text: &std::cell::OnceCell<String>,
+) -> bool {
     if topic.any_police_force && !record.forces.is_empty() {
         return true;
     }
@@ -396,11 +414,16 @@ pub fn topic_matches(topic: &TopicConfig, record: &AnswerRecord) -> bool {
     {
         return true;
     }
-    let text = format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase();
+    if topic.keywords.is_empty() {
+        return false;
+    }
+    let text = text.get_or_init(|| {
+        format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase()
+    });
     topic
         .keywords
         .iter()
-        .any(|k| contains_word(&text, &k.to_lowercase()))
+        .any(|k| contains_word(text, &k.to_lowercase()))
 }
 
 pub fn contains_word(text: &str, word: &str) -> bool {
