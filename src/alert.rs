@@ -88,6 +88,8 @@ pub struct OutboxItem {
 pub struct DeriveReport {
     pub events_read: u64,
     pub queued: u64,
+    /// Subscriptions whose start time was recorded by this run.
+    pub started: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -238,7 +240,9 @@ pub fn derive(log: &EventLog, config: &Config) -> Result<DeriveReport, AlertErro
         consumer.apply(log, &batch)?;
     }
     let report = consumer.finish()?;
-    log.flush()?;
+    if report.events_read + report.started > 0 {
+        log.flush()?;
+    }
     Ok(report)
 }
 
@@ -287,6 +291,11 @@ impl<'c> AlertConsumer<'c> {
         Ok(())
     }
 
+    /// What the consumer did so far (without recording subscription starts).
+    pub fn report(&self) -> DeriveReport {
+        self.report.clone()
+    }
+
     /// Records the start of subscriptions added since the last event (only those not yet
     /// recorded: an idle run writes nothing).
     pub fn finish(self) -> Result<DeriveReport, AlertError> {
@@ -294,10 +303,12 @@ impl<'c> AlertConsumer<'c> {
         for sub in &self.config.subscriptions {
             subscription_start(&mut state, sub, &self.now)?;
         }
+        let mut report = self.report;
         if state.has_pending() {
+            report.started = state.pending_len() as u64;
             self.tree.apply_batch(state.into_batch(&[]))?;
         }
-        Ok(self.report)
+        Ok(report)
     }
 }
 

@@ -76,9 +76,11 @@ pub async fn run(
         }
         if Utc::now() >= next {
             let options = CycleOptions::default();
+            // Flags and views are derived on a second thread while pages arrive; whatever
+            // reached the log, even in a failed cycle, is flagged and projected by the end.
+            let follower = crate::pipeline::Follower::start(log, full_config);
             let (report, result) = fetch::run_cycle(log, client, config, &options, shutdown).await;
-            // Whatever reached the log, even in a failed cycle, is flagged and projected now.
-            crate::pipeline::derive(log, full_config)?;
+            follower.finish()?;
             // Counted once its events are in the views, so a cycle seen in /metrics is queryable.
             metrics.record_cycle(&report);
             match result {

@@ -158,8 +158,11 @@ pub fn run_in_batches(
         }
         consumer.apply(log, &batch)?;
     }
-    log.flush()?;
-    Ok(consumer.finish())
+    let report = consumer.finish();
+    if report.events_read > 0 {
+        log.flush()?;
+    }
+    Ok(report)
 }
 
 /// The diff module as a consumer of batches of events read by someone else (the pipeline reads

@@ -137,8 +137,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// The log. Clones share the same open database and lock (for the daemon's read-only HTTP
-/// handlers); only one writer appends, the daemon's main loop.
+/// The log. Clones share the same open database, lock and writer mutex: the fetcher and the
+/// derive thread (whose diff module appends flags) may append from two threads, and sequence
+/// numbers are assigned under the mutex.
 #[derive(Clone)]
 pub struct EventLog {
     dir: PathBuf,
@@ -146,6 +147,8 @@ pub struct EventLog {
     tree: sled::Tree,
     /// Held for the life of the log: the OS releases it if the process dies.
     _lock: std::sync::Arc<File>,
+    /// Held while an append reads the head and writes after it.
+    writer: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -167,6 +170,10 @@ impl EventLog {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(options.cache_bytes)
+            // No background flusher: every write that matters is flushed explicitly before it
+            // is acknowledged (see `append`), and the flusher's idle-time page GC kept an idle
+            // daemon writing to disk for minutes after a backfill.
+            .flush_every_ms(None)
             .open()
             .map_err(|source| LogError::Open {
                 dir: dir.to_path_buf(),
@@ -178,6 +185,7 @@ impl EventLog {
             db,
             tree,
             _lock: std::sync::Arc::new(lock),
+            writer: std::sync::Arc::new(std::sync::Mutex::new(())),
         })
     }
 
@@ -212,6 +220,12 @@ impl EventLog {
         observations: Vec<Observation>,
         recorded_at: &str,
     ) -> Result<AppendReport, LogError> {
+        // A panic elsewhere while holding the mutex leaves nothing half-done here (the batch is
+        // applied atomically or not at all), so a poisoned mutex is still usable.
+        let writer = std::sync::Arc::clone(&self.writer);
+        let _writing = writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = self.head()? + 1;
         let mut batch = sled::Batch::default();
         let mut report = AppendReport::default();

@@ -295,8 +295,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     FeedOrder::NewestFirst
                 },
             };
-            commands::ingest(&mut log, &files, options, cli.json, &mut out)?;
-            let derived = answerfeed::pipeline::derive(&mut log, &config)?;
+            // Flags and views are derived on a second thread while the files go in.
+            let follower = answerfeed::pipeline::Follower::start(&log, &config);
+            let ingested = commands::ingest(&mut log, &files, options, cli.json, &mut out);
+            let derived = follower.finish()?;
+            ingested?;
             if !cli.json && derived.diff.flags_raised > 0 {
                 writeln!(
                     out,
@@ -426,6 +429,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 until,
                 progress: true,
             };
+            // Flags and views are derived on a second thread while pages arrive.
+            let follower = answerfeed::pipeline::Follower::start(&log, &config);
             let outcome = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.install_signal_handlers()?;
@@ -440,9 +445,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await;
                 anyhow::Ok((report, result))
             })?;
-            let (report, result) = outcome;
             // What did reach the log is flagged and projected even when the cycle failed later.
-            answerfeed::pipeline::derive(&mut log, &config)?;
+            let derived = follower.finish();
+            let (report, result) = outcome;
+            derived?;
             commands::print_cycle(&report, cli.json, &mut out)?;
             out.flush()?;
             match result {

@@ -38,6 +38,11 @@ impl<'a> Overlay<'a> {
         self.tree
     }
 
+    /// How many keys are waiting to be written or removed.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether anything is waiting to be written.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -20,6 +20,8 @@ pub enum PipelineError {
     Alert(#[from] AlertError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("the derive thread stopped: {0}")]
+    Worker(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +29,127 @@ pub struct DeriveReport {
     pub diff: DiffReport,
     pub project: ProjectReport,
     pub alerts: alert::DeriveReport,
+}
+
+impl DeriveReport {
+    /// Adds a later run's figures to these.
+    fn absorb(&mut self, later: DeriveReport) {
+        self.diff.events_read += later.diff.events_read;
+        self.diff.flags_raised += later.diff.flags_raised;
+        self.diff.checkpoint = later.diff.checkpoint;
+        self.project.events_applied += later.project.events_applied;
+        self.project.checkpoint = later.project.checkpoint;
+        self.alerts.events_read += later.alerts.events_read;
+        self.alerts.queued += later.alerts.queued;
+        self.alerts.started += later.alerts.started;
+    }
+}
+
+/// Keeps the views and the outbox up with the log on a thread of its own while the caller
+/// appends (a fetch cycle, an ingest), so that the two use both cores; [`Follower::finish`]
+/// then runs the diff module and derives what is left. The diff module is not run alongside
+/// because it appends flags: run after the appends, it puts them after the answers, so the same
+/// input always gives the same log, sequence numbers included, however the threads were timed.
+/// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
+/// state it would leave there.
+pub struct Follower {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    worker: Option<std::thread::JoinHandle<Result<DeriveReport, PipelineError>>>,
+    /// Used when the thread could not be started: everything is derived at the end instead.
+    fallback: Option<(EventLog, Config)>,
+}
+
+/// How often the derive thread looks for new events when nothing wakes it.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Follower {
+    pub fn start(log: &EventLog, config: &Config) -> Follower {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let mut thread_log = log.clone();
+        let thread_config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("derive".into())
+            .spawn(move || {
+                let mut total = DeriveReport::default();
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(FOLLOW_INTERVAL),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    if last {
+                        total.absorb(derive(&mut thread_log, &thread_config)?);
+                        return Ok(total);
+                    }
+                    total.absorb(derive_views(&thread_log, &thread_config)?);
+                }
+            });
+        match spawned {
+            Ok(worker) => Follower {
+                stop: Some(stop),
+                worker: Some(worker),
+                fallback: None,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no derive thread; deriving after the append instead");
+                Follower {
+                    stop: None,
+                    worker: None,
+                    fallback: Some((log.clone(), config.clone())),
+                }
+            }
+        }
+    }
+
+    /// Stops following, derives up to the head, and returns what all runs did.
+    pub fn finish(mut self) -> Result<DeriveReport, PipelineError> {
+        if let Some((mut log, config)) = self.fallback.take() {
+            return derive(&mut log, &config);
+        }
+        drop(self.stop.take());
+        match self.worker.take() {
+            Some(worker) => worker
+                .join()
+                .map_err(|_| PipelineError::Worker("it panicked".into()))?,
+            None => Ok(DeriveReport::default()),
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // Dropped without `finish` (an error path): stop the thread and wait for it, so that it
+        // never outlives the caller's use of the data dir.
+        drop(self.stop.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Brings the views and the outbox (not the flags) up to the log's head: the part of
+/// [`derive`] that never appends to the log.
+fn derive_views(log: &EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
+    let mut project = project::ProjectConsumer::open(log, &config.topics)?;
+    let mut alerts = alert::AlertConsumer::open(log, config)?;
+    loop {
+        let head = log.head()?;
+        let from = project.checkpoint().min(alerts.checkpoint()) + 1;
+        if from > head {
+            break;
+        }
+        let batch = log.read_batch(from, head, BATCH)?;
+        if batch.is_empty() {
+            break;
+        }
+        project.apply(&batch)?;
+        alerts.apply(log, &batch)?;
+    }
+    // No flush: the final `derive` flushes, and until then a crash only costs re-deriving.
+    Ok(DeriveReport {
+        diff: diff::DiffReport::default(),
+        project: project.finish(),
+        alerts: alerts.report(),
+    })
 }
 
 /// Events read from the log per pass: each batch is read and decoded once, then handed to the
@@ -67,6 +190,15 @@ pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, Pipel
         project: project.finish(),
         alerts: alerts.finish()?,
     };
-    log.flush()?;
+    // sled rewrites the tail of its current segment on every flush, even with nothing new: an
+    // idle run must not flush.
+    let wrote = report.diff.events_read
+        + report.project.events_applied
+        + report.alerts.events_read
+        + report.alerts.started
+        > 0;
+    if wrote {
+        log.flush()?;
+    }
     Ok(report)
 }

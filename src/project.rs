@@ -143,8 +143,11 @@ pub fn run(log: &EventLog, topics: &[TopicConfig]) -> Result<ProjectReport, Proj
         }
         consumer.apply(&batch)?;
     }
-    log.flush()?;
-    Ok(consumer.finish())
+    let report = consumer.finish();
+    if report.events_applied > 0 {
+        log.flush()?;
+    }
+    Ok(report)
 }
 
 /// The projections as a consumer of batches of events read by someone else (the pipeline reads
