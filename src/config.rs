@@ -510,7 +510,7 @@ mod tests {
     fn defaults_parse() {
         let config = Config::defaults().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("data"));
-        assert_eq!(config.store.cache_mb, 64);
+        assert_eq!(config.store.cache_mb, 16);
         assert_eq!(config.logging.format, LogFormat::Human);
     }
 

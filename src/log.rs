@@ -132,7 +132,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         // sled's default is 1 GiB; a daemon that should sit in tens of MB wants far less.
         StoreOptions {
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
