@@ -257,6 +257,7 @@ fn store_options() -> StoreOptions {
     {
         Some(mb) => StoreOptions {
             cache_bytes: mb * 1024 * 1024,
+            ..StoreOptions::default()
         },
         None => StoreOptions::default(),
     }

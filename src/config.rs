@@ -151,6 +151,8 @@ pub struct FetchConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub cache_mb: u64,
+    /// Free space (MiB) kept on the data dir's filesystem; 0 turns the check off.
+    pub min_free_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -262,6 +264,12 @@ impl Config {
             return Err(invalid(format!(
                 "store.cache_mb must be between 1 and 65536, not {}",
                 self.store.cache_mb
+            )));
+        }
+        if self.store.min_free_mb > 1024 * 1024 {
+            return Err(invalid(format!(
+                "store.min_free_mb must be at most 1048576 (1 TiB), not {}",
+                self.store.min_free_mb
             )));
         }
         let f = &self.fetch;
@@ -511,6 +519,7 @@ mod tests {
         let config = Config::defaults().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("data"));
         assert_eq!(config.store.cache_mb, 16);
+        assert_eq!(config.store.min_free_mb, 64);
         assert_eq!(config.logging.format, LogFormat::Human);
     }
 

@@ -269,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.data_dir.clone());
     let store = StoreOptions {
         cache_bytes: config.store.cache_mb * 1024 * 1024,
+        min_free_bytes: config.store.min_free_mb * 1024 * 1024,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -343,3 +343,72 @@ fn an_append_with_nothing_new_writes_nothing() {
     assert_eq!(report.appended(), 0);
     assert_eq!(log.raw_tree().len(), before);
 }
+
+#[test]
+fn an_append_that_would_leave_less_than_the_free_space_floor_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path())
+        .append(vec![answer("Q1", "A1")], NOW)
+        .unwrap();
+    // A floor no disk can keep: every append that writes is refused, before it writes.
+    let greedy = StoreOptions {
+        min_free_bytes: u64::MAX / 4,
+        ..StoreOptions::default()
+    };
+    {
+        let mut log = EventLog::open(dir.path(), greedy).unwrap();
+        let known = log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+        assert_eq!(known.outcomes, vec![Appended::Known { seq: 1 }]);
+        let err = log
+            .append(vec![answer("Q2", "A2"), answer("Q3", "A3")], NOW)
+            .unwrap_err();
+        assert!(matches!(err, LogError::DiskFull { .. }), "{err}");
+        let message = err.to_string();
+        for needle in [
+            &format!(
+                "not enough free space for data dir {}",
+                dir.path().display()
+            ),
+            "appending 2 events (events 2-3)",
+            "nothing of it was written",
+        ] {
+            assert!(message.contains(needle), "{needle:?} not in: {message}");
+        }
+        assert_eq!(log.head().unwrap(), 1);
+    }
+    let log = open(dir.path());
+    assert_eq!(log.head().unwrap(), 1);
+    assert_eq!(log.verify().unwrap().good, 1);
+}
+
+#[test]
+fn no_floor_means_no_free_space_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        min_free_bytes: 0,
+        ..StoreOptions::default()
+    };
+    let mut log = EventLog::open(dir.path(), options).unwrap();
+    assert_eq!(
+        log.append(vec![answer("Q1", "A1")], NOW)
+            .unwrap()
+            .appended(),
+        1
+    );
+}
+
+#[test]
+fn an_unfinished_sled_snapshot_does_not_stop_the_next_open() {
+    // What sled leaves when the disk fills (or the process dies) while it writes a snapshot;
+    // sled 0.34 would take it for the newest snapshot and refuse the data dir as corrupt.
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path())
+        .append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    let unfinished = dir.path().join("sled/snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&unfinished, b"").unwrap();
+    let log = open(dir.path());
+    assert!(!unfinished.exists());
+    assert_eq!(log.head().unwrap(), 2);
+    assert_eq!(log.verify().unwrap().good, 2);
+}
