@@ -151,13 +151,12 @@ pub fn run_in_batches(
 ) -> Result<DiffReport, DiffError> {
     let mut consumer = DiffConsumer::open(log, settings)?;
     let head = log.head()?;
-    while consumer.checkpoint() < head {
-        let batch = log.read_batch(consumer.checkpoint() + 1, head, batch_size)?;
-        if batch.is_empty() {
-            break;
-        }
-        consumer.apply(log, &batch)?;
-    }
+    // The consumer appends flags while the reader reads ahead: they land after `head`, which is
+    // where this run stops; the next run reads them (and skips them: they are not answers).
+    let reader = log.clone();
+    reader.for_each_batch(consumer.checkpoint() + 1, head, batch_size, |batch| {
+        consumer.apply(log, &batch)
+    })?;
     let report = consumer.finish();
     if report.events_read > 0 {
         log.flush()?;

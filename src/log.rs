@@ -476,6 +476,69 @@ impl EventLog {
             .collect()
     }
 
+    /// Hands `apply` the events `from..=upto` in batches of up to `limit`, in order, while the
+    /// next batch is read and decoded on a second thread (decoding is a good part of a replay's
+    /// cost). Stops at the first error, from the read or from `apply`.
+    pub fn for_each_batch<E: From<LogError>>(
+        &self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+        mut apply: impl FnMut(Vec<Envelope>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if from > upto {
+            return Ok(());
+        }
+        std::thread::scope(|scope| {
+            // Two batches ahead at most: memory stays a few batches whatever the log's size.
+            let (batches, incoming) =
+                std::sync::mpsc::sync_channel::<Result<Vec<Envelope>, LogError>>(2);
+            let reader = std::thread::Builder::new()
+                .name("log-reader".into())
+                .spawn_scoped(scope, move || {
+                    let mut next = from;
+                    while next <= upto {
+                        let batch = self.read_batch(next, upto, limit);
+                        let last = match &batch {
+                            Ok(b) => b.last().map(|e| e.seq),
+                            Err(_) => None,
+                        };
+                        let stop = last.is_none();
+                        // The receiver gone means `apply` failed: nothing more to read.
+                        if batches.send(batch).is_err() || stop {
+                            return;
+                        }
+                        next = last.map_or(u64::MAX, |l| l + 1);
+                    }
+                });
+            match reader {
+                Ok(_) => {
+                    for batch in incoming {
+                        let batch = batch?;
+                        if batch.is_empty() {
+                            break;
+                        }
+                        apply(batch)?;
+                    }
+                    Ok(())
+                }
+                // No thread to be had: read in turn.
+                Err(_) => {
+                    let mut next = from;
+                    while next <= upto {
+                        let batch = self.read_batch(next, upto, limit)?;
+                        let Some(last) = batch.last().map(|e| e.seq) else {
+                            break;
+                        };
+                        apply(batch)?;
+                        next = last + 1;
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+
     /// The latest content recorded for a question.
     pub fn question_head(&self, question: &QuestionKey) -> Result<Option<QuestionHead>, LogError> {
         match self.tree.get(head_key(question))? {

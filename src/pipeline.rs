@@ -36,9 +36,9 @@ impl DeriveReport {
     fn absorb(&mut self, later: DeriveReport) {
         self.diff.events_read += later.diff.events_read;
         self.diff.flags_raised += later.diff.flags_raised;
-        self.diff.checkpoint = later.diff.checkpoint;
+        self.diff.checkpoint = self.diff.checkpoint.max(later.diff.checkpoint);
         self.project.events_applied += later.project.events_applied;
-        self.project.checkpoint = later.project.checkpoint;
+        self.project.checkpoint = self.project.checkpoint.max(later.project.checkpoint);
         self.alerts.events_read += later.alerts.events_read;
         self.alerts.queued += later.alerts.queued;
         self.alerts.started += later.alerts.started;
@@ -80,7 +80,7 @@ impl Follower {
                         total.absorb(derive(&mut thread_log, &thread_config)?);
                         return Ok(total);
                     }
-                    total.absorb(derive_views(&thread_log, &thread_config)?);
+                    total.absorb(derive_views(&thread_log, &thread_config, false)?);
                 }
             });
         match spawned {
@@ -127,8 +127,13 @@ impl Drop for Follower {
 }
 
 /// Brings the views and the outbox (not the flags) up to the log's head: the part of
-/// [`derive`] that never appends to the log.
-fn derive_views(log: &EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
+/// [`derive`] that never appends to the log. `finish` also records the start of new
+/// subscriptions (a write even when no event is new).
+fn derive_views(
+    log: &EventLog,
+    config: &Config,
+    finish: bool,
+) -> Result<DeriveReport, PipelineError> {
     let mut project = project::ProjectConsumer::open(log, &config.topics)?;
     let mut alerts = alert::AlertConsumer::open(log, config)?;
     loop {
@@ -137,66 +142,68 @@ fn derive_views(log: &EventLog, config: &Config) -> Result<DeriveReport, Pipelin
         if from > head {
             break;
         }
-        let batch = log.read_batch(from, head, BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
-        project.apply(&batch)?;
-        alerts.apply(log, &batch)?;
+        log.for_each_batch(from, head, BATCH, |batch| -> Result<(), PipelineError> {
+            project.apply(&batch)?;
+            alerts.apply(log, &batch)?;
+            Ok(())
+        })?;
     }
-    // No flush: the final `derive` flushes, and until then a crash only costs re-deriving.
+    let alerts = if finish {
+        alerts.finish()?
+    } else {
+        alerts.report()
+    };
     Ok(DeriveReport {
         diff: diff::DiffReport::default(),
         project: project.finish(),
-        alerts: alerts.report(),
+        alerts,
     })
 }
 
-/// Events read from the log per pass: each batch is read and decoded once, then handed to the
-/// diff module, the projections and the outbox in turn.
+/// Events read from the log per batch.
 const BATCH: usize = 1000;
 
-/// Brings flags and views up to the log's head.
+/// Brings flags, views and the outbox up to the log's head.
 ///
-/// The three consumers keep their own checkpoints (a crash can leave them at different events),
-/// so each batch starts at the earliest of them and each consumer skips what it has already
-/// applied. Flags the diff module appends land after the current batch and are read by a later
-/// pass, in log order, exactly as `rebuild` replays them.
+/// The diff module runs on a thread of its own while the views and the outbox follow the log
+/// on this one; then they apply the flags it appended. Each consumer keeps its own checkpoint,
+/// so a crash anywhere leaves each to resume where it stopped. Only the diff module appends, so
+/// the log it leaves is the same however the threads were timed, and the views, replayed in log
+/// order, are what `rebuild` gives.
 pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
     let settings = DiffSettings::new(&config.diff, &config.trackers);
-    let mut diff = diff::DiffConsumer::open(log, &settings)?;
-    let mut project = project::ProjectConsumer::open(log, &config.topics)?;
-    let mut alerts = alert::AlertConsumer::open(log, config)?;
-    loop {
-        let head = log.head()?;
-        let from = diff
-            .checkpoint()
-            .min(project.checkpoint())
-            .min(alerts.checkpoint())
-            + 1;
-        if from > head {
-            break;
+    let diff_log = log.clone();
+    let (diff, views) = std::thread::scope(|scope| {
+        let diff_thread = std::thread::Builder::new()
+            .name("diff".into())
+            .spawn_scoped(scope, || {
+                let mut diff_log = diff_log;
+                diff::run(&mut diff_log, &settings)
+            });
+        match diff_thread {
+            Ok(thread) => {
+                let views = derive_views(log, config, false);
+                let diff = thread
+                    .join()
+                    .map_err(|_| PipelineError::Worker("the diff thread panicked".into()))
+                    .and_then(|d| d.map_err(PipelineError::from));
+                (diff, views)
+            }
+            // No thread to be had: one after the other.
+            Err(_) => (
+                diff::run(&mut log.clone(), &settings).map_err(PipelineError::from),
+                Ok(DeriveReport::default()),
+            ),
         }
-        let batch = log.read_batch(from, head, BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
-        diff.apply(log, &batch)?;
-        project.apply(&batch)?;
-        alerts.apply(log, &batch)?;
-    }
-    let report = DeriveReport {
-        diff: diff.finish(),
-        project: project.finish(),
-        alerts: alerts.finish()?,
-    };
+    });
+    let mut report = views?;
+    report.diff = diff?;
+    // The flags the diff module appended, and anything that came meanwhile.
+    report.absorb(derive_views(log, config, true)?);
+    let wrote =
+        report.project.events_applied + report.alerts.events_read + report.alerts.started > 0;
     // sled rewrites the tail of its current segment on every flush, even with nothing new: an
-    // idle run must not flush.
-    let wrote = report.diff.events_read
-        + report.project.events_applied
-        + report.alerts.events_read
-        + report.alerts.started
-        > 0;
+    // idle run must not flush. (The diff module flushes its own writes.)
     if wrote {
         log.flush()?;
     }

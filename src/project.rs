@@ -136,13 +136,9 @@ pub fn checkpoint(log: &EventLog) -> Result<u64, ProjectError> {
 pub fn run(log: &EventLog, topics: &[TopicConfig]) -> Result<ProjectReport, ProjectError> {
     let mut consumer = ProjectConsumer::open(log, topics)?;
     let head = log.head()?;
-    while consumer.checkpoint() < head {
-        let batch = log.read_batch(consumer.checkpoint() + 1, head, BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
-        consumer.apply(&batch)?;
-    }
+    log.for_each_batch(consumer.checkpoint() + 1, head, BATCH, |batch| {
+        consumer.apply(&batch)
+    })?;
     let report = consumer.finish();
     if report.events_applied > 0 {
         log.flush()?;
