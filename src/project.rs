@@ -15,7 +15,8 @@
 //! | `s` force measure period question table row | [`StatRow`] JSON |
 //! | `k` flag-kind seq | empty: flags by kind |
 //! | `d` group question | [`DuplicateMember`] JSON |
-//! | `x` question | the index keys the question's current content owns (removed on revision) |
+//! | `x` question | the statistics keys the question's current content owns (removed on revision; only when it has any) |
+//! | `\0format` | the layout version (views without it are rebuilt) |
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,10 @@ use crate::stats;
 
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
+/// The views' layout: "2" derives a question's index keys from its view (`x` lists only its
+/// statistics rows). Views without the marker are rebuilt.
+const FORMAT_KEY: &[u8] = b"\x00format";
+const FORMAT: &[u8] = b"2";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 
@@ -159,8 +164,19 @@ impl<'t> ProjectConsumer<'t> {
         log: &EventLog,
         topics: &'t [TopicConfig],
     ) -> Result<ProjectConsumer<'t>, ProjectError> {
-        let tree = log.db().open_tree(TREE)?;
-        let checkpoint = read_checkpoint(&tree)?;
+        let mut tree = log.db().open_tree(TREE)?;
+        let mut checkpoint = read_checkpoint(&tree)?;
+        if checkpoint > 0 && tree.get(FORMAT_KEY)?.as_deref() != Some(FORMAT) {
+            // Views in an older layout: replayed from the log (they are a function of it).
+            tracing::info!(
+                checkpoint,
+                "views are in an older layout; rebuilding them from the log"
+            );
+            drop(tree);
+            log.db().drop_tree(TREE)?;
+            tree = log.db().open_tree(TREE)?;
+            checkpoint = 0;
+        }
         Ok(ProjectConsumer {
             topics,
             tree,
@@ -185,8 +201,10 @@ impl<'t> ProjectConsumer<'t> {
             self.report.events_applied += 1;
         }
         if let Some(last) = last {
-            self.tree
-                .apply_batch(overlay.into_batch(&[(CHECKPOINT, last.to_be_bytes().to_vec())]))?;
+            self.tree.apply_batch(overlay.into_batch(&[
+                (CHECKPOINT, last.to_be_bytes().to_vec()),
+                (FORMAT_KEY, FORMAT.to_vec()),
+            ]))?;
             self.report.checkpoint = last;
         }
         Ok(())
@@ -298,42 +316,26 @@ fn apply_answer(
     let q = question.as_str();
     let qkey = key(&["q", q]);
     let previous = state.get_json::<QuestionView>(&qkey)?;
-    // The previous content's index entries go; the new content's come.
+    // The previous content's index entries go; the new content's come. The view names all of
+    // them but the statistics rows, which are listed under `x` (only for answers that have
+    // any: most have none, and a key fewer per answer is a good part of what sled costs here).
+    if let Some(view) = &previous {
+        for k in index_keys(view) {
+            state.remove(k);
+        }
+    }
     let owned_key = key(&["x", q]);
     if let Some(owned) = state.get_json::<Vec<String>>(&owned_key)? {
         for k in owned {
             state.remove(k.into_bytes());
         }
+        state.remove(owned_key.clone());
     }
     let api = record.api.as_ref();
     let topic_names = matching_topics(topics, record);
     let force_ids: Vec<String> = record.forces.iter().map(|f| f.id.clone()).collect();
-    let mut owned: Vec<String> = Vec::new();
-    let mut own = |state: &mut Overlay<'_>, k: Vec<u8>, v: Vec<u8>| {
-        owned.push(String::from_utf8_lossy(&k).into_owned());
-        state.put(k, v);
-    };
     let seq = envelope.seq;
-    own(state, key(&["o", &seq_text(seq)]), q.as_bytes().to_vec());
-    if let Some(id) = record.api_id {
-        own(state, key(&["a", &seq_text(id)]), q.as_bytes().to_vec());
-    }
-    own(
-        state,
-        key(&["b", &record.answering_body.to_lowercase(), q]),
-        Vec::new(),
-    );
-    own(
-        state,
-        key(&["m", &record.asking_member.name.to_lowercase(), q]),
-        Vec::new(),
-    );
-    for topic in &topic_names {
-        own(state, key(&["t", topic, q]), Vec::new());
-    }
-    for force in &force_ids {
-        own(state, key(&["f", force, q]), Vec::new());
-    }
+    let mut stat_keys: Vec<String> = Vec::new();
     for stat in stats::statistics(record) {
         let k = key(&[
             "s",
@@ -349,9 +351,12 @@ fn apply_answer(
             question: question.clone(),
             seq,
         };
-        own(state, k, serde_json::to_vec(&row).unwrap_or_default());
+        stat_keys.push(String::from_utf8_lossy(&k).into_owned());
+        state.put(k, serde_json::to_vec(&row).unwrap_or_default());
     }
-    state.put_json(owned_key, &owned);
+    if !stat_keys.is_empty() {
+        state.put_json(owned_key, &stat_keys);
+    }
 
     let mut history = previous
         .as_ref()
@@ -378,8 +383,35 @@ fn apply_answer(
         forces: force_ids,
         flags: previous.map(|v| v.flags).unwrap_or_default(),
     };
+    for k in index_keys(&view) {
+        let value = if k.first() == Some(&b'o') || k.first() == Some(&b'a') {
+            q.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        state.put(k, value);
+    }
     state.put_json(qkey, &view);
     Ok(())
+}
+
+/// The index keys a question's view stands for: recency (`o`, valued with the question), API id
+/// (`a`, likewise), body, member, topics and forces (empty values).
+fn index_keys(view: &QuestionView) -> Vec<Vec<u8>> {
+    let q = view.question.as_str();
+    let mut keys = vec![key(&["o", &seq_text(view.latest_seq)])];
+    if let Some(id) = view.api_id {
+        keys.push(key(&["a", &seq_text(id)]));
+    }
+    keys.push(key(&["b", &view.answering_body.to_lowercase(), q]));
+    keys.push(key(&["m", &view.asking_member.to_lowercase(), q]));
+    for topic in &view.topics {
+        keys.push(key(&["t", topic, q]));
+    }
+    for force in &view.forces {
+        keys.push(key(&["f", force, q]));
+    }
+    keys
 }
 
 /// Whether a record belongs to a topic (see config/default.toml).

@@ -210,3 +210,87 @@ fn a_crash_before_the_diff_checkpoint_raises_nothing_twice() {
     assert_eq!(log.head().unwrap(), head);
     assert!(log.verify().unwrap().first_bad.is_none());
 }
+
+/// A revision takes away every index entry the previous content put in, statistics included,
+/// and puts in the new content's.
+#[test]
+fn a_revision_moves_the_question_between_index_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    let config = config();
+    let with_api_id = |text: usize, body: usize| {
+        let mut r = record(1, text, body);
+        r.api_id = Some(77);
+        Observation {
+            source: Source {
+                uri: "test".into(),
+                position: None,
+                line: None,
+            },
+            payload: Payload::Answer(Box::new(r)),
+        }
+    };
+    // First: a table of Kent and Essex figures, answered by the Home Office.
+    log.append(vec![with_api_id(4, 0)], "2026-01-01T00:00:00.000Z")
+        .unwrap();
+    run(&log, &config.topics).unwrap();
+    let views = Views::open(&log).unwrap();
+    let by = |filter: QuestionFilter| -> Vec<String> {
+        views
+            .questions(&filter)
+            .map(|v| v.unwrap().question.0)
+            .collect()
+    };
+    let body = |b: usize| QuestionFilter {
+        body: Some(BODIES[b].to_string()),
+        ..QuestionFilter::default()
+    };
+    let kent = crate::forces::lookup("Kent").unwrap().id.to_string();
+    let force = QuestionFilter {
+        force: Some(kent.clone()),
+        ..QuestionFilter::default()
+    };
+    assert_eq!(by(body(0)), vec!["api:77"]);
+    assert_eq!(by(force.clone()), vec!["api:77"]);
+    assert!(views.stats(&kent, None).count() > 0);
+
+    // Then: revised to a text without a table, by another department.
+    log.append(vec![with_api_id(0, 1)], "2026-01-02T00:00:00.000Z")
+        .unwrap();
+    run(&log, &config.topics).unwrap();
+    assert!(by(body(0)).is_empty());
+    assert_eq!(by(body(1)), vec!["api:77"]);
+    assert!(by(force).is_empty());
+    assert_eq!(views.stats(&kent, None).count(), 0);
+    let tree = log.db().open_tree(TREE).unwrap();
+    assert!(tree.get(key(&["x", "api:77"])).unwrap().is_none());
+    assert_eq!(
+        tree.scan_prefix(prefix(&["o"])).count(),
+        1,
+        "one recency entry per question"
+    );
+    assert_eq!(views.resolve("77").unwrap().unwrap().history.len(), 2);
+}
+
+/// Derived state from an older layout (no format marker) is derived again from the log on
+/// first use: the views equal a rebuild, and the diff module appends no flag twice.
+#[test]
+fn state_in_an_older_layout_is_derived_again() {
+    let (_dir, mut log) = log_with(&mixed_ops());
+    let config = config();
+    crate::pipeline::derive(&mut log, &config).unwrap();
+    let head = log.head().unwrap();
+    let views = log.db().open_tree(TREE).unwrap();
+    let digest_before = digest(&log).unwrap();
+    views.remove(FORMAT_KEY).unwrap();
+    views.insert(b"zz-left-over", b"x".to_vec()).unwrap();
+    let diff_state = log.db().open_tree("diff").unwrap();
+    diff_state.remove(b"\x00format").unwrap();
+    diff_state.insert(b"b/00/left-over", b"x".to_vec()).unwrap();
+
+    crate::pipeline::derive(&mut log, &config).unwrap();
+    assert_eq!(log.head().unwrap(), head, "no flag appended twice");
+    assert_eq!(digest(&log).unwrap(), digest_before);
+    assert!(diff_state.get(b"b/00/left-over").unwrap().is_none());
+    assert_eq!(diff::checkpoint(&log).unwrap(), head);
+}
