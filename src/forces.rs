@@ -276,6 +276,22 @@ pub fn by_id(id: &str) -> Option<&'static Force> {
     FORCES.iter().find(|f| f.id == id)
 }
 
+/// Indexes into [`text_patterns`] by the pattern's first byte, in the same (longest first)
+/// order: a capitalised word is checked against the few forms that start with its letter, not
+/// all of them (this search was an eighth of the fetch path's time).
+fn patterns_by_first_byte() -> &'static [Vec<usize>] {
+    static INDEX: OnceLock<Vec<Vec<usize>>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = vec![Vec::new(); 256];
+        for (i, (form, _)) in text_patterns().iter().enumerate() {
+            if let Some(&first) = form.as_bytes().first() {
+                index[usize::from(first)].push(i);
+            }
+        }
+        index
+    })
+}
+
 /// Surface forms searched for in running text, longest first so that "Greater Manchester Police"
 /// wins over "Greater Manchester". Matching is case-sensitive: force names are proper nouns, and
 /// "met" or "kent" in lower case are ordinary words far more often than forces.
@@ -361,13 +377,18 @@ pub fn mentions_in(text: &str) -> Vec<TextMention> {
         let at_word_start = i == 0 || !is_word_byte(bytes[i - 1]);
         if at_word_start && bytes[i].is_ascii_uppercase() {
             let rest = &text[i..];
-            if let Some((form, force)) = text_patterns().iter().find(|(form, _)| {
-                rest.starts_with(form.as_str())
-                    && rest
-                        .as_bytes()
-                        .get(form.len())
-                        .is_none_or(|b| !is_word_byte(*b))
-            }) {
+            let patterns = text_patterns();
+            if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
+                .iter()
+                .map(|&p| &patterns[p])
+                .find(|(form, _)| {
+                    rest.starts_with(form.as_str())
+                        && rest
+                            .as_bytes()
+                            .get(form.len())
+                            .is_none_or(|b| !is_word_byte(*b))
+                })
+            {
                 found.push(TextMention {
                     force,
                     offset: i,
