@@ -12,6 +12,9 @@ pub mod diff;
 pub mod event;
 pub mod fetch;
 pub mod forces;
+/// The checks the fuzz targets run, shared with the test that replays their corpus.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gazetteer;
 pub mod ingest;
 pub mod log;

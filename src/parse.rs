@@ -369,6 +369,12 @@ fn build_table(lines: &[&str]) -> Option<Table> {
     )
 }
 
+/// Short rows are padded with empty cells up to the header's width, but never past this many
+/// columns: padding every row to an arbitrarily wide header made the output grow with rows times
+/// header width, so a 24 KB dump became a 1 GB record (it broke the output bound the fuzz targets
+/// check; inputs in `tests/fixtures/fuzz/crashes/`). Answer tables are nowhere near this wide.
+pub(crate) const MAX_PADDED_COLUMNS: usize = 64;
+
 /// Builds a table from rows of cell text, the same way for text dumps and HTML: rows with one
 /// filled cell above the header are its title, the first row with two or more filled cells is the
 /// header, rows with one filled cell below it are notes, and the rest are typed data rows.
@@ -391,7 +397,7 @@ pub(crate) fn table_from_rows(raw_rows: Vec<Vec<String>>) -> Option<Table> {
             (Some(_), 1) => notes.push(filled[0].to_string()),
             (Some(h), _) => {
                 let mut typed: Vec<Cell> = cells.iter().map(|c| Cell::parse(c)).collect();
-                while typed.len() < h.len() {
+                while typed.len() < h.len().min(MAX_PADDED_COLUMNS) {
                     typed.push(Cell::Empty);
                 }
                 let total = typed.iter().any(|c| {

@@ -1,5 +1,5 @@
-//! Property-based fuzzing (cargo-fuzz needs a nightly toolchain, which this project's machines
-//! do not have): the HTML answer parser, the API JSON decoder and the stored-event decoder must
+//! Property-based fuzzing on stable (the cargo-fuzz targets in fuzz/ need nightly; their corpus
+//! replays in tests/fuzz_corpus.rs): the HTML answer parser, the API JSON decoder and the stored-event decoder must
 //! never panic, whatever bytes they are given, and must keep or refuse input, never lose it.
 //! The text parser's property tests live beside it (src/parse/tests.rs).
 

@@ -1503,6 +1503,28 @@ fn question_to_without_a_body_is_quarantined() {
     );
 }
 
+/// Rows were padded to the header's width however wide it was, so a header of 500 cells over 500
+/// two-cell rows (3 KB) made 250,000 cells, and a 24 KB dump a 1 GB record. Padding now stops at
+/// `MAX_PADDED_COLUMNS`; the fuzz corpus test replays the inputs that showed it
+/// (`tests/fixtures/fuzz/crashes/`).
+#[test]
+fn rows_are_not_padded_past_max_padded_columns() {
+    let header = "a|".repeat(500);
+    let mut lines = vec![header.as_str()];
+    lines.extend(std::iter::repeat_n("Kent | 5", 500));
+    let body = parse_answer_lines(&lines);
+    let table = body.tables().next().unwrap();
+    assert_eq!(table.header.len(), 500);
+    assert_eq!(table.rows.len(), 500);
+    assert!(table
+        .rows
+        .iter()
+        .all(|r| r.cells.len() == MAX_PADDED_COLUMNS));
+    assert_eq!(table.rows[0].cells[1], Cell::Int(5));
+    let narrow = parse_answer_lines(&["Force | 2023 | 2024", "Kent | 5"]);
+    assert_eq!(narrow.tables().next().unwrap().rows[0].cells.len(), 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property tests: no panics, and one item per chunk.
 // ---------------------------------------------------------------------------------------------
