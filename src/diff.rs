@@ -42,9 +42,10 @@ const BATCH: usize = 500;
 const MAX_WORDS_FOR_WORD_DIFF: usize = 20_000;
 const MINHASH_HASHES: usize = 128;
 const LSH_ROWS: usize = MINHASH_HASHES / lsh::BANDS;
-/// The state's format: "2" keeps the LSH index as one chunk per committed batch (`L` + seq).
+/// The state's format: "3" keeps the LSH index, with each answer's exact-text digest, as one
+/// chunk per committed batch (`L` + seq). State without this marker is derived again.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"2";
+const FORMAT: &[u8] = b"3";
 const LSH_CHUNK_PREFIX: &[u8] = b"L";
 
 #[derive(Debug, thiserror::Error)]
@@ -563,8 +564,12 @@ fn duplicates(
     words: &[&str],
     flags: &mut Vec<Flag>,
 ) -> Result<(), DiffError> {
-    let digest = crate::event::hex(&Sha256::digest(normalised.as_bytes()));
-    let exact_key = format!("x/{digest}").into_bytes();
+    let digest = {
+        let d = Sha256::digest(normalised.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        u128::from_be_bytes(first)
+    };
     let group_key = |q: &QuestionKey| format!("g/{q}").into_bytes();
     let flag = |of: &SeenAnswer, group: QuestionKey, exact: bool, ratio: f64| Flag {
         derived_from: seq,
@@ -577,8 +582,22 @@ fn duplicates(
             ratio,
         },
     };
-    if let Some(first) = state.get_json::<SeenAnswer>(&exact_key)? {
-        if first.question != *question {
+    let own = question_tag(question);
+    // Exact duplicates: the index knows the first answer with each normalised text.
+    if let Some((first_seq, first_tag)) = index.exact(digest) {
+        if first_tag != own {
+            let first_question = log
+                .get(first_seq)?
+                .and_then(|e| e.event.question().cloned())
+                .ok_or_else(|| {
+                    DiffError::State(format!(
+                        "the near-duplicate index names event {first_seq}, which is not an answer"
+                    ))
+                })?;
+            let first = SeenAnswer {
+                question: first_question,
+                seq: first_seq,
+            };
             let group = state
                 .get_json::<QuestionKey>(&group_key(&first.question))?
                 .unwrap_or_else(|| first.question.clone());
@@ -587,20 +606,14 @@ fn duplicates(
         }
         return Ok(());
     }
-    state.put_json(
-        exact_key,
-        &SeenAnswer {
-            question: question.clone(),
-            seq,
-        },
-    );
 
     // Near duplicates: LSH buckets give candidates; each is confirmed on the full texts.
     let signature = minhash(words);
-    let own = question_tag(question);
     let buckets = band_buckets(&signature);
     let votes = index.candidates(&buckets, own);
-    index.insert(seq, own, &buckets).map_err(DiffError::State)?;
+    index
+        .insert(seq, own, &buckets, digest)
+        .map_err(DiffError::State)?;
     let mut candidates: Vec<(u64, usize)> = votes.into_iter().collect();
     // Most shared bands first, then oldest: deterministic.
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

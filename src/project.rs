@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `q` question | [`QuestionView`] JSON |
 //! | `o` latest-seq (20 digits) | question: recency order |
-//! | `a` api-id (20 digits) | question |
+//! | `a` api-id (20 digits) | question (only when the question is not keyed `api:` + that id) |
 //! | `b` body (lower case) question, `m` member question, `t` topic question, `f` force question | empty |
 //! | `s` force measure period question table row | [`StatRow`] JSON |
 //! | `k` flag-kind seq | empty: flags by kind |
@@ -29,10 +29,11 @@ use crate::stats;
 
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-/// The views' layout: "2" derives a question's index keys from its view (`x` lists only its
-/// statistics rows). Views without the marker are rebuilt.
+/// The views' layout: "3" derives a question's index keys from its view (`x` lists only its
+/// statistics rows; `a` only for questions not keyed by their API id). Views without this
+/// marker are rebuilt.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"2";
+const FORMAT: &[u8] = b"3";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 
@@ -396,12 +397,15 @@ fn apply_answer(
 }
 
 /// The index keys a question's view stands for: recency (`o`, valued with the question), API id
-/// (`a`, likewise), body, member, topics and forces (empty values).
+/// (`a`, likewise; only when the question's key is not already `api:` and the id), body,
+/// member, topics and forces (empty values).
 fn index_keys(view: &QuestionView) -> Vec<Vec<u8>> {
     let q = view.question.as_str();
     let mut keys = vec![key(&["o", &seq_text(view.latest_seq)])];
     if let Some(id) = view.api_id {
-        keys.push(key(&["a", &seq_text(id)]));
+        if q != format!("api:{id}") {
+            keys.push(key(&["a", &seq_text(id)]));
+        }
     }
     keys.push(key(&["b", &view.answering_body.to_lowercase(), q]));
     keys.push(key(&["m", &view.asking_member.to_lowercase(), q]));
@@ -507,6 +511,10 @@ impl Views {
     /// A question by its key (`api:…`, `txt:…`) or by the API's numeric id.
     pub fn resolve(&self, id: &str) -> Result<Option<QuestionView>, ProjectError> {
         if let Ok(n) = id.parse::<u64>() {
+            // Questions from the API are keyed by their id; the `a` index holds the others.
+            if let Some(view) = self.question(&format!("api:{n}"))? {
+                return Ok(Some(view));
+            }
             if let Some(q) = self.tree.get(key(&["a", &seq_text(n)]))? {
                 return self.question(&String::from_utf8_lossy(&q));
             }

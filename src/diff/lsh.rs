@@ -9,7 +9,9 @@
 //! so the index loaded after a crash is exactly the index as of the checkpoint.
 //!
 //! Lookups see, per bucket, its latest [`BUCKET_LIMIT`] members, as the per-bucket keys of the
-//! first format did; results do not depend on when merges happen.
+//! first format did; results do not depend on when merges happen. Each entry also carries a
+//! 128-bit digest of the answer's normalised text, so exact duplicates are found in memory too
+//! (the first answer with a text is the one every later copy is flagged against).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,9 +23,9 @@ pub const BUCKET_LIMIT: usize = 64;
 /// Fresh entries (per band) merged into the sorted runs once this many answers are waiting.
 const MERGE_AT: usize = 16_384;
 /// Chunk encoding version (the first byte of every persisted chunk).
-const CHUNK_V1: u8 = 1;
-/// seq, question tag, one bucket per band.
-const ENTRY_BYTES: usize = 8 + 8 + 4 * BANDS;
+const CHUNK_V2: u8 = 2;
+/// seq, question tag, exact-text digest, one bucket per band.
+const ENTRY_BYTES: usize = 8 + 8 + 16 + 4 * BANDS;
 
 /// A band's bucket for each band of one answer.
 pub type Buckets = [u32; BANDS];
@@ -37,6 +39,8 @@ pub struct LshIndex {
     /// Per band, the entries added since the last merge: bucket -> members, ascending.
     fresh: Vec<HashMap<u32, Vec<u32>>>,
     fresh_answers: usize,
+    /// Digest of the normalised text -> the first member with that text (exact duplicates).
+    exact: HashMap<u128, u32>,
     /// Entries added since the last [`LshIndex::take_chunk`], encoded.
     pending: Vec<u8>,
 }
@@ -71,7 +75,7 @@ impl LshIndex {
             let Some((&version, body)) = bytes.split_first() else {
                 return Err(bad("empty".into()));
             };
-            if version != CHUNK_V1 {
+            if version != CHUNK_V2 {
                 return Err(bad(format!("unknown version {version}")));
             }
             if body.len() % ENTRY_BYTES != 0 {
@@ -81,8 +85,9 @@ impl LshIndex {
                 )));
             }
             for entry in body.chunks_exact(ENTRY_BYTES) {
-                let (seq, tag, buckets) = decode_entry(entry);
+                let (seq, tag, digest, buckets) = decode_entry(entry);
                 let member = index.push_member(seq, tag).map_err(bad)?;
+                index.exact.entry(digest).or_insert(member);
                 for (band, bucket) in buckets.iter().enumerate() {
                     index.sorted[band].push(u64::from(*bucket) << 32 | u64::from(member));
                 }
@@ -129,17 +134,32 @@ impl LshIndex {
         votes
     }
 
+    /// The first answer (seq, question tag) whose normalised text has this digest.
+    pub fn exact(&self, digest: u128) -> Option<(u64, u64)> {
+        self.exact
+            .get(&digest)
+            .and_then(|m| self.members.get(*m as usize).copied())
+    }
+
     /// Adds an answer (after looking up its candidates).
-    pub fn insert(&mut self, seq: u64, tag: u64, buckets: &Buckets) -> Result<(), String> {
+    pub fn insert(
+        &mut self,
+        seq: u64,
+        tag: u64,
+        buckets: &Buckets,
+        digest: u128,
+    ) -> Result<(), String> {
         let member = self.push_member(seq, tag)?;
+        self.exact.entry(digest).or_insert(member);
         for (band, bucket) in buckets.iter().enumerate() {
             self.fresh[band].entry(*bucket).or_default().push(member);
         }
         if self.pending.is_empty() {
-            self.pending.push(CHUNK_V1);
+            self.pending.push(CHUNK_V2);
         }
         self.pending.extend_from_slice(&seq.to_be_bytes());
         self.pending.extend_from_slice(&tag.to_be_bytes());
+        self.pending.extend_from_slice(&digest.to_be_bytes());
         for bucket in buckets {
             self.pending.extend_from_slice(&bucket.to_be_bytes());
         }
@@ -214,18 +234,20 @@ fn prune(sorted: &mut Vec<u64>) {
     sorted.shrink_to_fit();
 }
 
-fn decode_entry(entry: &[u8]) -> (u64, u64, Buckets) {
+fn decode_entry(entry: &[u8]) -> (u64, u64, u128, Buckets) {
     let word = |at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&entry[at..at + 8]);
         u64::from_be_bytes(b)
     };
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&entry[16..32]);
     let mut buckets = [0u32; BANDS];
     for (band, bucket) in buckets.iter_mut().enumerate() {
-        let at = 16 + band * 4;
+        let at = 32 + band * 4;
         *bucket = u32::from_be_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]);
     }
-    (word(0), word(8), buckets)
+    (word(0), word(8), u128::from_be_bytes(digest), buckets)
 }
 
 #[cfg(test)]
@@ -280,7 +302,7 @@ mod tests {
                     std::array::from_fn(|band| (bucket_seed + band as u32 % 3) * 7 + band as u32);
                 let seq = (i as u64 + 1) * 2;
                 prop_assert_eq!(index.candidates(&buckets, *tag), reference.candidates(&buckets, *tag));
-                index.insert(seq, *tag, &buckets).unwrap();
+                index.insert(seq, *tag, &buckets, u128::from(*bucket_seed)).unwrap();
                 reference.insert(seq, *tag, &buckets);
                 if i % 37 == 0 {
                     index.merge();
@@ -296,6 +318,14 @@ mod tests {
             .unwrap();
             prop_assert_eq!(reloaded.len(), answers.len());
             for seed in 0..6u32 {
+                prop_assert_eq!(reloaded.exact(u128::from(seed)), index.exact(u128::from(seed)));
+                let first = answers.iter().position(|(s, _)| *s == seed);
+                prop_assert_eq!(
+                    index.exact(u128::from(seed)).map(|(seq, _)| seq),
+                    first.map(|i| (i as u64 + 1) * 2)
+                );
+            }
+            for seed in 0..6u32 {
                 let buckets: Buckets =
                     std::array::from_fn(|band| (seed + band as u32 % 3) * 7 + band as u32);
                 prop_assert_eq!(reloaded.candidates(&buckets, 99), reference.candidates(&buckets, 99));
@@ -306,7 +336,7 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_named() {
-        let err = LshIndex::load([Ok(("L7".to_string(), &[1u8, 2, 3][..]))].into_iter())
+        let err = LshIndex::load([Ok(("L7".to_string(), &[2u8, 2, 3][..]))].into_iter())
             .unwrap_err()
             .to_string();
         assert!(err.contains("L7") && err.contains("whole number"), "{err}");
