@@ -428,19 +428,22 @@ pub fn restore_start_times(
     Ok(())
 }
 
+/// An outbox item as stored under its `o` key.
+fn decode_item((k, v): (sled::IVec, sled::IVec)) -> Result<OutboxItem, AlertError> {
+    serde_json::from_slice(&v).map_err(|e| {
+        AlertError::Overlay(OverlayError::Decode {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            why: e.to_string(),
+        })
+    })
+}
+
 /// Every outbox item, oldest first.
 pub fn outbox(log: &EventLog) -> Result<Vec<OutboxItem>, AlertError> {
     let tree = log.db().open_tree(TREE)?;
     let mut items = Vec::new();
     for entry in tree.scan_prefix(prefix(&["o"])) {
-        let (k, v) = entry?;
-        let item: OutboxItem = serde_json::from_slice(&v).map_err(|e| {
-            AlertError::Overlay(OverlayError::Decode {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                why: e.to_string(),
-            })
-        })?;
-        items.push(item);
+        items.push(decode_item(entry?)?);
     }
     sort_items(&mut items);
     Ok(items)
@@ -501,13 +504,7 @@ fn ensure_unsent_index(tree: &sled::Tree) -> Result<(), AlertError> {
     }
     let mut batch = sled::Batch::default();
     for entry in tree.scan_prefix(prefix(&["o"])) {
-        let (k, v) = entry?;
-        let item: OutboxItem = serde_json::from_slice(&v).map_err(|e| {
-            AlertError::Overlay(OverlayError::Decode {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                why: e.to_string(),
-            })
-        })?;
+        let item = decode_item(entry?)?;
         if item.state != ItemState::Sent {
             batch.insert(key(&["u", &item.id]), Vec::new());
         }

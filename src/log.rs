@@ -441,14 +441,7 @@ impl EventLog {
     pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Envelope, LogError>> {
         self.tree
             .range(event_key(from)..=event_key(u64::MAX))
-            .map(|entry| {
-                let (key, value) = entry?;
-                let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
-                    seq: 0,
-                    problem: format!("malformed event key {key:?}"),
-                })?;
-                decode_envelope(seq, &value)
-            })
+            .map(decode_stored)
     }
 
     /// Up to `limit` events from `from` (inclusive) to `upto` (inclusive), decoded once: the
@@ -465,14 +458,7 @@ impl EventLog {
         self.tree
             .range(event_key(from)..=event_key(upto))
             .take(limit.max(1))
-            .map(|entry| {
-                let (key, value) = entry?;
-                let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
-                    seq: 0,
-                    problem: format!("malformed event key {key:?}"),
-                })?;
-                decode_envelope(seq, &value)
-            })
+            .map(decode_stored)
             .collect()
     }
 
@@ -825,6 +811,16 @@ fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, LogError> {
 }
 
 /// Checks the frame and checksum of a stored event and decodes it.
+/// An event as read from the tree: its key and stored value.
+fn decode_stored(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Envelope, LogError> {
+    let (key, value) = entry?;
+    let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+        seq: 0,
+        problem: format!("malformed event key {key:?}"),
+    })?;
+    decode_envelope(seq, &value)
+}
+
 pub fn decode_envelope(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
     let corrupt = |problem: String| LogError::Corrupt { seq, problem };
     if value.len() < 5 {
