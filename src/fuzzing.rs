@@ -88,7 +88,10 @@ pub fn text_parser(data: &[u8]) -> Result<TextSummary, Violation> {
     Ok(summary)
 }
 
-fn expected_chunk_starts(bytes: &[u8]) -> Vec<usize> {
+/// Where the items of `bytes` (a BOM already stripped) must start, worked out apart from the
+/// parser: at every "Asked by:" that begins a line, and at 0 when the text before the first of
+/// those is not just whitespace. Shared with the parser's property tests.
+pub(crate) fn expected_chunk_starts(bytes: &[u8]) -> Vec<usize> {
     let mut starts: Vec<usize> = (0..bytes.len())
         .filter(|&p| (p == 0 || bytes[p - 1] == b'\n') && bytes[p..].starts_with(b"Asked by:"))
         .collect();

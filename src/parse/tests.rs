@@ -1529,19 +1529,7 @@ fn rows_are_not_padded_past_max_padded_columns() {
 // Property tests: no panics, and one item per chunk.
 // ---------------------------------------------------------------------------------------------
 
-/// Where the items of `bytes` (a BOM already stripped) must start, worked out apart from the
-/// parser: at every "Asked by:" that begins a line, and at 0 when the text before the first of
-/// those is not just whitespace.
-fn expected_chunk_starts(bytes: &[u8]) -> Vec<usize> {
-    let mut starts: Vec<usize> = (0..bytes.len())
-        .filter(|&p| (p == 0 || bytes[p - 1] == b'\n') && bytes[p..].starts_with(b"Asked by:"))
-        .collect();
-    let first = starts.first().copied().unwrap_or(bytes.len());
-    if !bytes[..first].iter().all(u8::is_ascii_whitespace) {
-        starts.insert(0, 0);
-    }
-    starts
-}
+use crate::fuzzing::expected_chunk_starts;
 
 fn check_items(input: &[u8], order: FeedOrder) -> Result<(), TestCaseError> {
     let items = parse_text_dump(input, order);
