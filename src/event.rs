@@ -449,38 +449,52 @@ pub fn normalise_text(s: &str) -> String {
 /// pieces (the content hash feeds them straight to SHA-256, which made hashing 3x cheaper than
 /// allocating a mapped copy, a word list and the joined result).
 fn normalise_into(s: &str, mut sink: impl FnMut(&str)) {
+    // `run_start..i` is text not yet handed on: non-whitespace characters kept as they are.
     let mut started = false;
     let mut space_pending = false;
     let mut run_start = 0;
     let mut utf8 = [0u8; 4];
-    for (i, c) in s.char_indices() {
-        let mapped = match c {
-            '\u{2018}' | '\u{2019}' | '\u{201B}' => '\'',
-            '\u{201C}' | '\u{201D}' => '"',
-            '\u{2013}' | '\u{2014}' => '-',
-            '\u{00A0}' => ' ',
-            other => other,
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (mapped, width) = if b.is_ascii() {
+            // ASCII is never mapped: no need to decode it.
+            (b as char, 1)
+        } else {
+            let Some(c) = s[i..].chars().next() else {
+                break;
+            };
+            let mapped = match c {
+                '\u{2018}' | '\u{2019}' | '\u{201B}' => '\'',
+                '\u{201C}' | '\u{201D}' => '"',
+                '\u{2013}' | '\u{2014}' => '-',
+                '\u{00A0}' => ' ',
+                other => other,
+            };
+            (mapped, c.len_utf8())
         };
         if mapped.is_whitespace() {
             if run_start < i {
                 sink(&s[run_start..i]);
             }
-            run_start = i + c.len_utf8();
+            run_start = i + width;
             space_pending = started;
-            continue;
-        }
-        if space_pending {
-            sink(" ");
-            space_pending = false;
-        }
-        started = true;
-        if mapped != c {
-            if run_start < i {
-                sink(&s[run_start..i]);
+        } else {
+            if space_pending {
+                sink(" ");
+                space_pending = false;
             }
-            sink(mapped.encode_utf8(&mut utf8));
-            run_start = i + c.len_utf8();
+            started = true;
+            if width > 1 && !s[i..].starts_with(mapped) {
+                if run_start < i {
+                    sink(&s[run_start..i]);
+                }
+                sink(mapped.encode_utf8(&mut utf8));
+                run_start = i + width;
+            }
         }
+        i += width;
     }
     if run_start < s.len() {
         sink(&s[run_start..]);
