@@ -1,6 +1,6 @@
 //! Alerts: log events in, emails out, each recorded once in the log as `alert_sent`.
 //!
-//! Two steps. [`derive`] is a consumer of the log with its own checkpoint (tree `alerts`): it
+//! Two steps. [`AlertConsumer`] is a consumer of the log with its own checkpoint (tree `alerts`): it
 //! matches new answer and flag events against the subscriptions and puts what is due into a
 //! durable outbox (or a subscription's digest queue); it also marks outbox items sent when it
 //! meets their `alert_sent` events, so the outbox can be rebuilt from the log. [`deliver`] sends
@@ -27,7 +27,6 @@ use crate::record::{AnswerRecord, Block, Cell, Table};
 
 const TREE: &str = "alerts";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-const BATCH: usize = 1000;
 /// Answers dated this long before a subscription started still alert (late publication).
 const START_GRACE_DAYS: u64 = 7;
 /// Plain-text answers longer than this are trimmed in emails (the link has the rest).
@@ -226,24 +225,6 @@ fn in_time(start: DateTime<Utc>, recorded_at: &str, record: Option<&AnswerRecord
         .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
         .is_none_or(|d| d >= earliest);
     recorded_ok && dated_ok
-}
-
-/// Puts what new events call for into the outbox or digest queues.
-pub fn derive(log: &EventLog, config: &Config) -> Result<DeriveReport, AlertError> {
-    let mut consumer = AlertConsumer::open(log, config)?;
-    let head = log.head()?;
-    while consumer.checkpoint() < head {
-        let batch = log.read_batch(consumer.checkpoint() + 1, head, BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
-        consumer.apply(log, &batch)?;
-    }
-    let report = consumer.finish()?;
-    if report.events_read + report.started > 0 {
-        log.flush()?;
-    }
-    Ok(report)
 }
 
 /// The outbox as a consumer of batches of events read by someone else (the pipeline reads each

@@ -610,8 +610,8 @@ impl OpsState {
         let live = self.metrics.last_cycle();
         let last = states
             .into_iter()
-            .filter_map(|(_, s)| latest_cycle(s.last_cycle, live.as_ref()))
-            .chain(live.clone())
+            .filter_map(|(_, s)| s.last_cycle)
+            .chain(live)
             .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
             .ok_or_else(|| "no fetch cycle has finished yet".to_string())?;
         if last.outcome != "ok" && last.outcome != "interrupted" {

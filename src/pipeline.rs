@@ -1,8 +1,9 @@
-//! What runs after new events reach the log: the diff module (which may append flags), then the
-//! projections (which apply the new events and the flags), then the alert outbox (which queues
-//! emails; sending them is `alert::deliver`, run by the daemon and `alerts send`). Callers (ingest, fetch, the daemon)
-//! run it after every append, so views and flags are never behind the log for long; a crash in
-//! between is caught up by the next run, since both stages resume from their checkpoints.
+//! What runs after new events reach the log: the diff module (which may append flags), the
+//! projections and the alert outbox (which queues emails; sending them is `alert::deliver`, run
+//! by the daemon and `alerts send`). `derive` runs the diff module on its own thread beside the
+//! views and the outbox, then lets those apply the flags; `Follower` keeps the views and the
+//! outbox up with the log while a fetch or an ingest appends. Each stage resumes from its own
+//! checkpoint, so a crash anywhere is caught up by the next run.
 
 use crate::alert::{self, AlertError};
 use crate::config::Config;
