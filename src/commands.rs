@@ -466,13 +466,14 @@ pub fn print_cycle(
     };
     writeln!(
         out,
-        "fetch {range}: {}; {} pages, {} records seen ({} completed by id), {} events appended, {} already known, {} quarantined, {} retries; watermark {}",
+        "fetch {range}: {}; {} pages, {} records seen ({} completed by id), {} events appended, {} already known ({} unchanged, not decoded), {} quarantined, {} retries; watermark {}",
         report.outcome,
         report.pages,
         report.records_seen,
         report.completed_by_id,
         report.appended,
         report.already_known,
+        report.unchanged,
         report.quarantined,
         report.retries,
         report

@@ -58,6 +58,22 @@ pub enum FetchError {
 const STATE_TREE: &str = "fetch_state";
 /// Sweeps of one window before accepting that the source keeps changing under us.
 const MAX_SWEEPS: u32 = 3;
+/// Records already logged, by a digest of their raw JSON (digest -> API id, empty for a
+/// quarantined record). A page's records found here are not decoded again, so a cycle that
+/// re-reads the overlap window and finds nothing new does not parse it. The tree is a cache beside
+/// the log, written only after the records' events are on disk: losing it, or any entry, costs a
+/// parse, never an answer. Records the list cut short are never entered, since a change to their
+/// tail shows only in the record by id.
+const SEEN_TREE: &str = "fetch_seen";
+/// Part of every digest: bump it when the parser learns to read more from a record, so that
+/// records seen before are decoded (and, if they now read differently, logged) again.
+const SEEN_VERSION: u64 = 1;
+/// List pages handled before, by the window's last day and the page URL: the digest of the body,
+/// its total and its records' ids. A page that comes back byte for byte is not decoded at all,
+/// which is what an idle cycle re-reading the overlap window mostly finds. Like the seen tree, a
+/// cache written after the page's records are in the log; pages with records cut short are not
+/// entered; entries for windows before a cycle's start are dropped at its end.
+const PAGES_TREE: &str = "fetch_pages";
 
 /// What is stored per source: how far it is complete, and the last cycle's figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +115,13 @@ pub struct CycleReport {
     pub completed_by_id: u64,
     pub appended: u64,
     pub already_known: u64,
+    /// Of `already_known`: records read byte for byte as a cycle logged them before, so not
+    /// decoded again.
+    #[serde(default)]
+    pub unchanged: u64,
+    /// Of `pages`: pages that came back byte for byte as handled before, not decoded at all.
+    #[serde(default)]
+    pub pages_unchanged: u64,
     pub quarantined: u64,
     pub retries: u64,
     pub sweeps_repeated: u64,
@@ -296,6 +319,12 @@ async fn cycle_inner(
     report.from = Some(from);
     report.to = Some(to);
     let windows = windows(from, to, config.window_days);
+    let seen = log.db().open_tree(SEEN_TREE).map_err(LogError::from)?;
+    let pages = log.db().open_tree(PAGES_TREE).map_err(LogError::from)?;
+    let caches = Caches {
+        seen: &seen,
+        pages: &pages,
+    };
     let bar = progress_bar(options.progress, windows.len() as u64);
     for (start, end) in windows {
         for field in [DateField::Answered, DateField::Corrected] {
@@ -304,7 +333,7 @@ async fn cycle_inner(
                 from: start,
                 to: end,
             };
-            read_window(log, client, &query, shutdown, report, &bar).await?;
+            read_window(log, &caches, client, &query, shutdown, report, &bar).await?;
         }
         report.windows_completed += 1;
         if state.watermark.is_none_or(|w| w < end) {
@@ -317,6 +346,48 @@ async fn cycle_inner(
         }
     }
     bar.finish_and_clear();
+    forget_pages_before(&pages, from)?;
+    Ok(())
+}
+
+/// The two caches that spare decoding what was logged before (see [`SEEN_TREE`], [`PAGES_TREE`]).
+struct Caches<'t> {
+    seen: &'t sled::Tree,
+    pages: &'t sled::Tree,
+}
+
+/// A list page as handled: what paging needs to go on without decoding it again.
+#[derive(Serialize, Deserialize)]
+struct PageSummary {
+    digest: [u8; 16],
+    total: u64,
+    ids: Vec<Option<u64>>,
+}
+
+fn page_key(query: &ListQuery, url: &url::Url) -> Vec<u8> {
+    format!("{} {url}", query.to).into_bytes()
+}
+
+fn load_page(pages: &sled::Tree, key: &[u8]) -> Result<Option<PageSummary>, FetchError> {
+    // An entry that does not decode is only a cache miss.
+    Ok(pages
+        .get(key)
+        .map_err(LogError::from)?
+        .and_then(|v| serde_json::from_slice(&v).ok()))
+}
+
+/// Drops the entries of windows that end before `from`: later cycles start at or after it.
+fn forget_pages_before(pages: &sled::Tree, from: NaiveDate) -> Result<(), FetchError> {
+    let end = from.to_string();
+    let mut batch = sled::Batch::default();
+    let mut any = false;
+    for key in pages.range(..end.as_bytes()).keys() {
+        batch.remove(key.map_err(LogError::from)?);
+        any = true;
+    }
+    if any {
+        pages.apply_batch(batch).map_err(LogError::from)?;
+    }
     Ok(())
 }
 
@@ -336,6 +407,7 @@ fn progress_bar(wanted: bool, windows: u64) -> indicatif::ProgressBar {
 /// Reads one window on one date field, page by page, sweeping again if the list shifted.
 async fn read_window(
     log: &mut EventLog,
+    caches: &Caches<'_>,
     client: &ApiClient,
     query: &ListQuery,
     shutdown: &Shutdown,
@@ -355,33 +427,70 @@ async fn read_window(
             }
             let page_span =
                 tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
-            let (url, page) = client
-                .list_page(query, skip)
+            let key = page_key(query, &client.list_url(query, skip));
+            let previous = load_page(caches.pages, &key)?;
+            let (url, digest, page) = client
+                .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
                 .instrument(page_span.clone())
                 .await?;
-            let total = page.total_results.unwrap_or(0);
+            report.pages += 1;
+            let (total, ids, items) = match (page, previous) {
+                (Some(page), _) => {
+                    let total = page.total_results.unwrap_or(0);
+                    let items = triage(caches.seen, page.items)?;
+                    let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
+                    (total, ids, Some(items))
+                }
+                (None, Some(previous)) => (previous.total, previous.ids, None),
+                (None, None) => {
+                    return Err(FetchError::State(format!(
+                        "{url}: page skipped without a stored digest"
+                    )))
+                }
+            };
             if *first_total.get_or_insert(total) != total {
                 stable = false;
             }
-            report.pages += 1;
-            let ids: Vec<Option<u64>> = page
-                .items
-                .iter()
-                .map(|item| match item {
-                    ApiItem::Record { id, .. } => Some(*id),
-                    ApiItem::Quarantined { .. } => None,
-                })
-                .collect();
             if let Some(last) = previous_last {
                 // The overlap record should open this page; anywhere else, the list moved.
                 if ids.first().copied().flatten() != Some(last) {
                     stable = false;
                 }
             }
-            let count = page.items.len() as u64;
-            handle_page(log, client, &url, page.items, skip, &mut done, report)
-                .instrument(page_span.clone())
-                .await?;
+            let count = ids.len() as u64;
+            match items {
+                Some(items) => {
+                    // Pages with records cut short are read every time: the record by id may
+                    // have changed where the list does not show it.
+                    let whole = items
+                        .iter()
+                        .all(|i| !matches!(i, PageItem::Fresh { digest: None, .. }));
+                    handle_page(log, caches.seen, client, &url, items, skip, &mut done, report)
+                        .instrument(page_span.clone())
+                        .await?;
+                    if whole {
+                        let summary = PageSummary {
+                            digest,
+                            total,
+                            ids: ids.clone(),
+                        };
+                        let value = serde_json::to_vec(&summary)
+                            .map_err(|e| FetchError::State(e.to_string()))?;
+                        caches.pages.insert(key, value).map_err(LogError::from)?;
+                    }
+                }
+                None => {
+                    // The same bytes as a page whose records are all in the log.
+                    report.pages_unchanged += 1;
+                    report.records_seen += count;
+                    for id in &ids {
+                        if id.is_none_or(|id| done.insert(id)) {
+                            report.already_known += 1;
+                            report.unchanged += 1;
+                        }
+                    }
+                }
+            }
             bar.set_message(format!(
                 "{} {}..{}: {} pages, {} appended",
                 query.field.name(),
@@ -414,32 +523,110 @@ async fn read_window(
     Ok(())
 }
 
-/// Completes cut-short records by id, turns the page into observations and appends them.
+/// A record of a page: seen byte for byte before (not decoded), or decoded.
+enum PageItem {
+    Seen {
+        id: Option<u64>,
+    },
+    Fresh {
+        item: ApiItem,
+        /// Entered in the seen tree once the record's event is on disk (none for a record the
+        /// list cut short).
+        digest: Option<[u8; 16]>,
+    },
+}
+
+impl PageItem {
+    fn id(&self) -> Option<u64> {
+        match self {
+            PageItem::Seen { id } => *id,
+            PageItem::Fresh {
+                item: ApiItem::Record { id, .. },
+                ..
+            } => Some(*id),
+            PageItem::Fresh { .. } => None,
+        }
+    }
+}
+
+fn raw_digest(raw: &str) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), SEEN_VERSION).to_be_bytes()
+}
+
+/// Looks each raw record up in the seen tree and decodes only the ones not there.
+fn triage(
+    seen: &sled::Tree,
+    raw_items: Vec<Box<serde_json::value::RawValue>>,
+) -> Result<Vec<PageItem>, FetchError> {
+    let mut items = Vec::with_capacity(raw_items.len());
+    for raw in raw_items {
+        let digest = raw_digest(raw.get());
+        if let Some(value) = seen.get(digest).map_err(LogError::from)? {
+            let id = <[u8; 8]>::try_from(value.as_ref())
+                .ok()
+                .map(u64::from_be_bytes);
+            items.push(PageItem::Seen { id });
+            continue;
+        }
+        let item = crate::parse::api::decode_raw_item(&raw);
+        let digest = match &item {
+            ApiItem::Record {
+                truncated: true, ..
+            } => None,
+            _ => Some(digest),
+        };
+        items.push(PageItem::Fresh { item, digest });
+    }
+    Ok(items)
+}
+
+/// Completes cut-short records by id, turns the page into observations and appends them, then
+/// enters the records in the seen tree.
+#[allow(clippy::too_many_arguments)]
 async fn handle_page(
     log: &mut EventLog,
+    seen: &sled::Tree,
     client: &ApiClient,
     url: &url::Url,
-    items: Vec<ApiItem>,
+    items: Vec<PageItem>,
     skip: u64,
     done: &mut HashSet<u64>,
     report: &mut CycleReport,
 ) -> Result<(), FetchError> {
     report.records_seen += items.len() as u64;
     let mut pending: Vec<(u32, String, ApiItem)> = Vec::new();
+    // Beside `pending`: the digest and id to enter once the record is in the log.
+    let mut digests: Vec<Option<([u8; 16], Option<u64>)>> = Vec::new();
     let mut to_complete: Vec<(usize, u64)> = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
+    for (index, page_item) in items.into_iter().enumerate() {
         let position = u32::try_from(skip + index as u64).unwrap_or(u32::MAX);
-        match &item {
+        let (item, digest) = match page_item {
+            PageItem::Seen { id } => {
+                // Already in the log: what appending it again would have found.
+                if let Some(id) = id {
+                    if !done.insert(id) {
+                        continue;
+                    }
+                }
+                report.already_known += 1;
+                report.unchanged += 1;
+                continue;
+            }
+            PageItem::Fresh { item, digest } => (item, digest),
+        };
+        let id = match &item {
             ApiItem::Record { id, .. } if done.contains(id) => continue,
             ApiItem::Record { id, truncated, .. } => {
                 done.insert(*id);
                 if *truncated {
                     to_complete.push((pending.len(), *id));
                 }
+                Some(*id)
             }
-            ApiItem::Quarantined { .. } => {}
-        }
+            ApiItem::Quarantined { .. } => None,
+        };
         pending.push((position, url.to_string(), item));
+        digests.push(digest.map(|d| (d, id)));
     }
     let completed: Vec<Result<(url::Url, ApiItem), FetchError>> = stream::iter(to_complete.iter())
         .map(|(_, id)| client.record(*id))
@@ -478,6 +665,20 @@ async fn handle_page(
     }
     let recorded_at = crate::ingest::now_rfc3339();
     let appended = log.append(observations, &recorded_at)?;
+    // Every record is now in the log (appended and flushed, or found there): only now may it be
+    // skipped by later cycles.
+    let mut entries = sled::Batch::default();
+    let mut any = false;
+    for (digest, id) in digests.into_iter().flatten() {
+        entries.insert(
+            &digest[..],
+            id.map_or_else(Vec::new, |id| id.to_be_bytes().to_vec()),
+        );
+        any = true;
+    }
+    if any {
+        seen.apply_batch(entries).map_err(LogError::from)?;
+    }
     for outcome in &appended.outcomes {
         match outcome {
             Appended::New { kind, .. } => {
@@ -518,6 +719,29 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn page_entries_of_windows_before_the_start_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let pages = db.open_tree(PAGES_TREE).unwrap();
+        let url = url::Url::parse("http://127.0.0.1:1/api/writtenquestions/questions?skip=0").unwrap();
+        for to in ["2025-01-31", "2025-03-23", "2025-03-24", "2025-03-31"] {
+            let query = ListQuery {
+                field: DateField::Answered,
+                from: d("2025-01-01"),
+                to: d(to),
+            };
+            pages.insert(page_key(&query, &url), b"x".to_vec()).unwrap();
+        }
+        forget_pages_before(&pages, d("2025-03-24")).unwrap();
+        let left: Vec<String> = pages
+            .iter()
+            .keys()
+            .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap()[..10].to_string())
+            .collect();
+        assert_eq!(left, ["2025-03-24", "2025-03-31"]);
     }
 
     #[test]

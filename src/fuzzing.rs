@@ -12,7 +12,8 @@
 use crate::event::Envelope;
 use crate::log::{decode_envelope, LogError};
 use crate::parse::api::{
-    decode_line, decode_list_page, decode_recorded, decode_single, looks_truncated, ApiItem,
+    decode_line, decode_list_page, decode_raw_item, decode_recorded, decode_single, looks_truncated,
+    split_list_page, ApiItem,
     PageError,
 };
 use crate::parse::html::parse_answer_html;
@@ -363,8 +364,32 @@ pub fn api_decode(data: &[u8]) -> Result<ApiSummary, Violation> {
                 );
             }
             summary.list_page = Some(check_items(&page.items, &text, "list page")?);
+            // The fetcher splits pages and decodes records one by one (skipping those seen
+            // before): that must give the same items.
+            match split_list_page(data) {
+                Ok(split) => {
+                    let items: Vec<ApiItem> = split.items.iter().map(|r| decode_raw_item(r)).collect();
+                    ensure!(
+                        API,
+                        items == page.items && split.total_results == page.total_results,
+                        "split page: decodes differently from the whole page"
+                    );
+                }
+                Err(e) => ensure!(
+                    API,
+                    false,
+                    "split page: refused ({e}) what the whole page accepted"
+                ),
+            }
         }
-        Err(e) => check_page_error(&e, "list page")?,
+        Err(e) => {
+            check_page_error(&e, "list page")?;
+            ensure!(
+                API,
+                split_list_page(data).is_err(),
+                "split page: accepted what the whole page refused ({e})"
+            );
+        }
     }
 
     let recorded = decode_recorded(data);

@@ -209,6 +209,53 @@ fn first_backfill_then_a_cycle_with_nothing_new() {
     assert!(flags.contains("\"removed\":[\"Gwent\"]"), "{flags}");
 }
 
+/// A cycle does not decode again what it logged before byte for byte; what the list cuts short
+/// is still completed by id every time, and a record that changed is decoded and logged.
+#[test]
+fn records_read_again_unchanged_are_not_decoded_again() {
+    let server = ApiServer::start(fixture("questions.json"));
+    // Cuts the six longest answers (the corrected one stays whole).
+    server.set_truncate_list_text_over(Some(1600));
+    let env = env("");
+    let first = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(first["appended"], 10);
+    assert_eq!(first["unchanged"], 0, "{first}");
+    let cut = first["completed_by_id"].as_u64().unwrap();
+    assert_eq!(cut, 6, "{first}");
+
+    let again = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(again["appended"], 0, "{again}");
+    // Every record the list gave whole is skipped; the cut ones are fetched by id again.
+    assert_eq!(again["unchanged"].as_u64().unwrap(), 10 - cut, "{again}");
+    assert_eq!(again["completed_by_id"].as_u64().unwrap(), cut, "{again}");
+    assert_eq!(again["already_known"], 10, "{again}");
+
+    // A changed record (a correction, short enough to come whole) is read and logged.
+    for record in fixture("correction.json") {
+        server.upsert(record);
+    }
+    server.set_truncate_list_text_over(None);
+    let changed = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(changed["appended"], 1, "{changed}");
+    // Records first logged from their by-id text were never entered as seen: now whole in the
+    // list, they are decoded once, found known, and entered. Unchanged: the three other whole
+    // ones, and the correction itself when the correction-date query reads it a second time.
+    assert_eq!(changed["unchanged"].as_u64().unwrap(), 10 - cut - 1 + 1, "{changed}");
+    assert_eq!(changed["already_known"], 10, "{changed}");
+    let last = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(last["appended"], 0, "{last}");
+    // Ten answers, the corrected one read by both queries: all eleven skipped.
+    assert_eq!(last["unchanged"], 11, "{last}");
+    assert_eq!(last["already_known"], 11, "{last}");
+    // Nothing was cut short this time, so every page was entered whole: now none is decoded.
+    assert_eq!(last["pages_unchanged"], last["pages"], "{last}");
+    // Before that, only the two pages that held neither a cut record nor the correction.
+    assert_eq!(changed["pages_unchanged"], 2, "{changed}");
+    assert_eq!(last["completed_by_id"], 0, "{last}");
+    let verify = ok(run(&env, &["verify"]));
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("ok: "));
+}
+
 #[test]
 fn a_corrected_answer_appends_one_correction_with_the_original_text() {
     let server = ApiServer::start(fixture("questions.json"));

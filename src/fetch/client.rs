@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::config::FetchConfig;
-use crate::parse::api::{self, ApiItem, ApiPage, PageError};
+use crate::parse::api::{self, ApiItem, PageError, RawListPage};
 use crate::shutdown::Shutdown;
 
 use super::FetchError;
@@ -162,20 +162,35 @@ impl ApiClient {
         url
     }
 
+    /// A page of the list endpoint and a digest of its body. When the digest equals `previous`
+    /// (the digest of this page as handled before), the body is not decoded at all: the page
+    /// is `None`.
     pub async fn list_page(
         &self,
         query: &ListQuery,
         skip: u64,
-    ) -> Result<(Url, ApiPage), FetchError> {
+        previous: Option<&[u8; 16]>,
+    ) -> Result<(Url, [u8; 16], Option<RawListPage>), FetchError> {
         let url = self.list_url(query, skip);
-        let page = self.get(&url, api::decode_list_page).await?;
+        let (digest, page) = self
+            .get(&url, |body| {
+                let digest = body_digest(body);
+                if previous == Some(&digest) {
+                    return Ok((digest, None));
+                }
+                api::split_list_page(body).map(|page| (digest, Some(page)))
+            })
+            .await?;
+        let Some(page) = page else {
+            return Ok((url, digest, None));
+        };
         if page.total_results.is_none() {
             return Err(FetchError::MalformedPage {
                 url: url.to_string(),
                 why: "no totalResults in the response".to_string(),
             });
         }
-        Ok((url, page))
+        Ok((url, digest, Some(page)))
     }
 
     /// The whole record by id (the list endpoint may cut long texts short).
@@ -307,6 +322,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
     Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// What a response body is known by between cycles: a 128-bit hash of its bytes (not a defence
+/// against a hostile server, which could send anything anyway; an accidental collision is out
+/// of reach).
+pub fn body_digest(body: &[u8]) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128(body).to_be_bytes()
 }
 
 pub fn parse_base_url(text: &str) -> Result<Url, FetchError> {

@@ -82,6 +82,37 @@ pub fn decode_list_page(body: &[u8]) -> Result<ApiPage, PageError> {
     })
 }
 
+/// A page of the list endpoint split into its records, each still raw JSON, so that a caller can
+/// skip decoding the ones it has seen byte for byte before.
+#[derive(Debug)]
+pub struct RawListPage {
+    pub total_results: Option<u64>,
+    pub items: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct OwnedListEnvelope {
+    results: Vec<Box<RawValue>>,
+    #[serde(rename = "totalResults", default)]
+    total_results: Option<u64>,
+}
+
+/// Splits a page of the list endpoint into raw records (decode each with [`decode_raw_item`]).
+pub fn split_list_page(body: &[u8]) -> Result<RawListPage, PageError> {
+    let envelope: OwnedListEnvelope =
+        serde_json::from_slice(body).map_err(PageError::from_json)?;
+    Ok(RawListPage {
+        total_results: envelope.total_results,
+        items: envelope.results,
+    })
+}
+
+/// Decodes one raw record of a page split by [`split_list_page`]: exactly what
+/// [`decode_list_page`] gives for it.
+pub fn decode_raw_item(raw: &RawValue) -> ApiItem {
+    decode_item(raw.get())
+}
+
 /// Decodes the by-id endpoint's `{value, links}`.
 pub fn decode_single(body: &[u8]) -> Result<ApiItem, PageError> {
     let text =
@@ -426,6 +457,29 @@ mod tests {
         assert!(
             matches!(&page.items[2], ApiItem::Quarantined { reason, .. } if reason.starts_with("question 5:"))
         );
+    }
+
+    #[test]
+    fn a_split_page_decodes_item_by_item_as_the_whole_page_does() {
+        let page = format!(
+            r#"{{"results": [{{"value": {{"id": "not a number"}}}}, {{"value": {RECORD}}}, {{"value": {{"id": 5, "questionText": "Q"}}}}], "totalResults": 3}}"#
+        );
+        let whole = decode_list_page(page.as_bytes()).unwrap();
+        let split = split_list_page(page.as_bytes()).unwrap();
+        assert_eq!(split.total_results, Some(3));
+        let items: Vec<ApiItem> = split.items.iter().map(|r| decode_raw_item(r)).collect();
+        assert_eq!(items, whole.items);
+        // The raw text is the record exactly as sent (it is what a digest is taken of).
+        assert!(split.items[1].get().starts_with(r#"{"value": {"id": 1679703"#));
+        let cut = &page[..page.len() - 20];
+        assert!(matches!(
+            split_list_page(cut.as_bytes()),
+            Err(PageError::Truncated(_))
+        ));
+        assert!(matches!(
+            split_list_page(b"<html>busy</html>"),
+            Err(PageError::Malformed(_))
+        ));
     }
 
     #[test]
