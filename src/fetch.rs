@@ -58,22 +58,19 @@ pub enum FetchError {
 const STATE_TREE: &str = "fetch_state";
 /// Sweeps of one window before accepting that the source keeps changing under us.
 const MAX_SWEEPS: u32 = 3;
-/// Records already logged, by a digest of their raw JSON (digest -> API id, empty for a
-/// quarantined record). A page's records found here are not decoded again, so a cycle that
-/// re-reads the overlap window and finds nothing new does not parse it. The tree is a cache beside
-/// the log, written only after the records' events are on disk: losing it, or any entry, costs a
-/// parse, never an answer. Records the list cut short are never entered, since a change to their
-/// tail shows only in the record by id.
-const SEEN_TREE: &str = "fetch_seen";
-/// Part of every digest: bump it when the parser learns to read more from a record, so that
-/// records seen before are decoded (and, if they now read differently, logged) again.
-const SEEN_VERSION: u64 = 1;
-/// List pages handled before, by the window's last day and the page URL: the digest of the body,
-/// its total and its records' ids. A page that comes back byte for byte is not decoded at all,
-/// which is what an idle cycle re-reading the overlap window mostly finds. Like the seen tree, a
-/// cache written after the page's records are in the log; pages with records cut short are not
-/// entered; entries for windows before a cycle's start are dropped at its end.
+/// List pages handled before, by the window's last day and the page URL: a digest of the body,
+/// its total, and each record's id and digest of its raw JSON. A page that comes back byte for
+/// byte is not decoded at all, and a record that comes back byte for byte on any page of the
+/// same window is counted known without parsing: re-reading the overlap window with nothing new
+/// costs requests and hashing only. A cache beside the log, written after the page's records are
+/// in the log (so losing it costs a parse, never an answer); records the list cut short carry no
+/// digest and a page holding one is never skipped whole, since a change to their tail shows only
+/// in the record by id. Entries of windows before a cycle's start are dropped at its end, so the
+/// tree holds about the overlap window.
 const PAGES_TREE: &str = "fetch_pages";
+/// Part of every record digest: bump it when the parser learns to read more from a record, so
+/// that records seen before are decoded (and, if they now read differently, logged) again.
+const RECORD_DIGEST_VERSION: u64 = 1;
 
 /// What is stored per source: how far it is complete, and the last cycle's figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -319,21 +316,26 @@ async fn cycle_inner(
     report.from = Some(from);
     report.to = Some(to);
     let windows = windows(from, to, config.window_days);
-    let seen = log.db().open_tree(SEEN_TREE).map_err(LogError::from)?;
     let pages = log.db().open_tree(PAGES_TREE).map_err(LogError::from)?;
-    let caches = Caches {
-        seen: &seen,
-        pages: &pages,
-    };
+    let before = known_records(&pages, from)?;
     let bar = progress_bar(options.progress, windows.len() as u64);
     for (start, end) in windows {
+        // Records known from earlier cycles, and those handled in this window (kept only for
+        // the window: a backfill must not hold every record's digest).
+        let mut known = Known {
+            before: &before,
+            here: KnownRecords::new(),
+        };
         for field in [DateField::Answered, DateField::Corrected] {
             let query = ListQuery {
                 field,
                 from: start,
                 to: end,
             };
-            read_window(log, &caches, client, &query, shutdown, report, &bar).await?;
+            read_window(
+                log, &pages, &mut known, client, &query, shutdown, report, &bar,
+            )
+            .await?;
         }
         report.windows_completed += 1;
         if state.watermark.is_none_or(|w| w < end) {
@@ -350,22 +352,66 @@ async fn cycle_inner(
     Ok(())
 }
 
-/// The two caches that spare decoding what was logged before (see [`SEEN_TREE`], [`PAGES_TREE`]).
-struct Caches<'t> {
-    seen: &'t sled::Tree,
-    pages: &'t sled::Tree,
-}
-
-/// A list page as handled: what paging needs to go on without decoding it again.
+/// A list page as handled (see [`PAGES_TREE`]).
 #[derive(Serialize, Deserialize)]
 struct PageSummary {
     digest: [u8; 16],
     total: u64,
     ids: Vec<Option<u64>>,
+    /// Per record, the digest of its raw JSON; none for a record the list cut short.
+    records: Vec<Option<[u8; 16]>>,
+}
+
+impl PageSummary {
+    /// Whether the page may be skipped whole when its bytes come back.
+    fn whole(&self) -> bool {
+        self.records.iter().all(Option::is_some)
+    }
 }
 
 fn page_key(query: &ListQuery, url: &url::Url) -> Vec<u8> {
-    format!("{} {url}", query.to).into_bytes()
+    format!("{} {url}", window_prefix(query)).into_bytes()
+}
+
+/// What the keys of a window's pages start with (both date fields).
+fn window_prefix(query: &ListQuery) -> String {
+    format!("{}/{}", query.to, query.from)
+}
+
+/// Raw record digest -> API id (none for a quarantined record).
+type KnownRecords = std::collections::HashMap<[u8; 16], Option<u64>>;
+
+struct Known<'b> {
+    before: &'b KnownRecords,
+    here: KnownRecords,
+}
+
+impl Known<'_> {
+    fn get(&self, digest: &[u8; 16]) -> Option<Option<u64>> {
+        self.here
+            .get(digest)
+            .or_else(|| self.before.get(digest))
+            .copied()
+    }
+}
+
+/// Records of the pages handled before in windows ending on or after `from` (what is left after
+/// the previous cycle's pruning: about the overlap window), wherever the window boundaries fall
+/// this time.
+fn known_records(pages: &sled::Tree, from: NaiveDate) -> Result<KnownRecords, FetchError> {
+    let mut known = KnownRecords::new();
+    for entry in pages.range(from.to_string().as_bytes()..) {
+        let (_, value) = entry.map_err(LogError::from)?;
+        let Ok(summary) = serde_json::from_slice::<PageSummary>(&value) else {
+            continue;
+        };
+        for (digest, id) in summary.records.into_iter().zip(summary.ids) {
+            if let Some(digest) = digest {
+                known.insert(digest, id);
+            }
+        }
+    }
+    Ok(known)
 }
 
 fn load_page(pages: &sled::Tree, key: &[u8]) -> Result<Option<PageSummary>, FetchError> {
@@ -405,9 +451,11 @@ fn progress_bar(wanted: bool, windows: u64) -> indicatif::ProgressBar {
 }
 
 /// Reads one window on one date field, page by page, sweeping again if the list shifted.
+#[allow(clippy::too_many_arguments)]
 async fn read_window(
     log: &mut EventLog,
-    caches: &Caches<'_>,
+    pages: &sled::Tree,
+    known: &mut Known<'_>,
     client: &ApiClient,
     query: &ListQuery,
     shutdown: &Shutdown,
@@ -428,7 +476,7 @@ async fn read_window(
             let page_span =
                 tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
             let key = page_key(query, &client.list_url(query, skip));
-            let previous = load_page(caches.pages, &key)?;
+            let previous = load_page(pages, &key)?.filter(PageSummary::whole);
             let (url, digest, page) = client
                 .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
                 .instrument(page_span.clone())
@@ -437,7 +485,7 @@ async fn read_window(
             let (total, ids, items) = match (page, previous) {
                 (Some(page), _) => {
                     let total = page.total_results.unwrap_or(0);
-                    let items = triage(caches.seen, page.items)?;
+                    let items = triage(known, page.items);
                     let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
                     (total, ids, Some(items))
                 }
@@ -460,24 +508,27 @@ async fn read_window(
             let count = ids.len() as u64;
             match items {
                 Some(items) => {
-                    // Pages with records cut short are read every time: the record by id may
-                    // have changed where the list does not show it.
-                    let whole = items
-                        .iter()
-                        .all(|i| !matches!(i, PageItem::Fresh { digest: None, .. }));
-                    handle_page(log, caches.seen, client, &url, items, skip, &mut done, report)
+                    let records: Vec<Option<[u8; 16]>> =
+                        items.iter().map(PageItem::digest).collect();
+                    handle_page(log, client, &url, items, skip, &mut done, report)
                         .instrument(page_span.clone())
                         .await?;
-                    if whole {
-                        let summary = PageSummary {
-                            digest,
-                            total,
-                            ids: ids.clone(),
-                        };
-                        let value = serde_json::to_vec(&summary)
-                            .map_err(|e| FetchError::State(e.to_string()))?;
-                        caches.pages.insert(key, value).map_err(LogError::from)?;
+                    // Every record of the page is in the log now: only from here on may it
+                    // spare a later read decoding them.
+                    for (digest, id) in records.iter().zip(&ids) {
+                        if let Some(digest) = digest {
+                            known.here.insert(*digest, *id);
+                        }
                     }
+                    let summary = PageSummary {
+                        digest,
+                        total,
+                        ids: ids.clone(),
+                        records,
+                    };
+                    let value = serde_json::to_vec(&summary)
+                        .map_err(|e| FetchError::State(e.to_string()))?;
+                    pages.insert(key, value).map_err(LogError::from)?;
                 }
                 None => {
                     // The same bytes as a page whose records are all in the log.
@@ -527,19 +578,26 @@ async fn read_window(
 enum PageItem {
     Seen {
         id: Option<u64>,
+        digest: [u8; 16],
     },
     Fresh {
         item: ApiItem,
-        /// Entered in the seen tree once the record's event is on disk (none for a record the
-        /// list cut short).
+        /// None for a record the list cut short: it is never skipped.
         digest: Option<[u8; 16]>,
     },
 }
 
 impl PageItem {
+    fn digest(&self) -> Option<[u8; 16]> {
+        match self {
+            PageItem::Seen { digest, .. } => Some(*digest),
+            PageItem::Fresh { digest, .. } => *digest,
+        }
+    }
+
     fn id(&self) -> Option<u64> {
         match self {
-            PageItem::Seen { id } => *id,
+            PageItem::Seen { id, .. } => *id,
             PageItem::Fresh {
                 item: ApiItem::Record { id, .. },
                 ..
@@ -550,22 +608,16 @@ impl PageItem {
 }
 
 fn raw_digest(raw: &str) -> [u8; 16] {
-    xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), SEEN_VERSION).to_be_bytes()
+    xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), RECORD_DIGEST_VERSION).to_be_bytes()
 }
 
-/// Looks each raw record up in the seen tree and decodes only the ones not there.
-fn triage(
-    seen: &sled::Tree,
-    raw_items: Vec<Box<serde_json::value::RawValue>>,
-) -> Result<Vec<PageItem>, FetchError> {
+/// Decodes the records of a page that are not among those known byte for byte.
+fn triage(known: &Known<'_>, raw_items: Vec<Box<serde_json::value::RawValue>>) -> Vec<PageItem> {
     let mut items = Vec::with_capacity(raw_items.len());
     for raw in raw_items {
         let digest = raw_digest(raw.get());
-        if let Some(value) = seen.get(digest).map_err(LogError::from)? {
-            let id = <[u8; 8]>::try_from(value.as_ref())
-                .ok()
-                .map(u64::from_be_bytes);
-            items.push(PageItem::Seen { id });
+        if let Some(id) = known.get(&digest) {
+            items.push(PageItem::Seen { id, digest });
             continue;
         }
         let item = crate::parse::api::decode_raw_item(&raw);
@@ -577,15 +629,12 @@ fn triage(
         };
         items.push(PageItem::Fresh { item, digest });
     }
-    Ok(items)
+    items
 }
 
-/// Completes cut-short records by id, turns the page into observations and appends them, then
-/// enters the records in the seen tree.
-#[allow(clippy::too_many_arguments)]
+/// Completes cut-short records by id, turns the page into observations and appends them.
 async fn handle_page(
     log: &mut EventLog,
-    seen: &sled::Tree,
     client: &ApiClient,
     url: &url::Url,
     items: Vec<PageItem>,
@@ -595,13 +644,11 @@ async fn handle_page(
 ) -> Result<(), FetchError> {
     report.records_seen += items.len() as u64;
     let mut pending: Vec<(u32, String, ApiItem)> = Vec::new();
-    // Beside `pending`: the digest and id to enter once the record is in the log.
-    let mut digests: Vec<Option<([u8; 16], Option<u64>)>> = Vec::new();
     let mut to_complete: Vec<(usize, u64)> = Vec::new();
     for (index, page_item) in items.into_iter().enumerate() {
         let position = u32::try_from(skip + index as u64).unwrap_or(u32::MAX);
-        let (item, digest) = match page_item {
-            PageItem::Seen { id } => {
+        let item = match page_item {
+            PageItem::Seen { id, .. } => {
                 // Already in the log: what appending it again would have found.
                 if let Some(id) = id {
                     if !done.insert(id) {
@@ -612,21 +659,19 @@ async fn handle_page(
                 report.unchanged += 1;
                 continue;
             }
-            PageItem::Fresh { item, digest } => (item, digest),
+            PageItem::Fresh { item, .. } => item,
         };
-        let id = match &item {
+        match &item {
             ApiItem::Record { id, .. } if done.contains(id) => continue,
             ApiItem::Record { id, truncated, .. } => {
                 done.insert(*id);
                 if *truncated {
                     to_complete.push((pending.len(), *id));
                 }
-                Some(*id)
             }
-            ApiItem::Quarantined { .. } => None,
-        };
+            ApiItem::Quarantined { .. } => {}
+        }
         pending.push((position, url.to_string(), item));
-        digests.push(digest.map(|d| (d, id)));
     }
     let completed: Vec<Result<(url::Url, ApiItem), FetchError>> = stream::iter(to_complete.iter())
         .map(|(_, id)| client.record(*id))
@@ -665,20 +710,6 @@ async fn handle_page(
     }
     let recorded_at = crate::ingest::now_rfc3339();
     let appended = log.append(observations, &recorded_at)?;
-    // Every record is now in the log (appended and flushed, or found there): only now may it be
-    // skipped by later cycles.
-    let mut entries = sled::Batch::default();
-    let mut any = false;
-    for (digest, id) in digests.into_iter().flatten() {
-        entries.insert(
-            &digest[..],
-            id.map_or_else(Vec::new, |id| id.to_be_bytes().to_vec()),
-        );
-        any = true;
-    }
-    if any {
-        seen.apply_batch(entries).map_err(LogError::from)?;
-    }
     for outcome in &appended.outcomes {
         match outcome {
             Appended::New { kind, .. } => {
@@ -726,7 +757,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let pages = db.open_tree(PAGES_TREE).unwrap();
-        let url = url::Url::parse("http://127.0.0.1:1/api/writtenquestions/questions?skip=0").unwrap();
+        let url =
+            url::Url::parse("http://127.0.0.1:1/api/writtenquestions/questions?skip=0").unwrap();
         for to in ["2025-01-31", "2025-03-23", "2025-03-24", "2025-03-31"] {
             let query = ListQuery {
                 field: DateField::Answered,

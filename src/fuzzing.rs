@@ -12,9 +12,8 @@
 use crate::event::Envelope;
 use crate::log::{decode_envelope, LogError};
 use crate::parse::api::{
-    decode_line, decode_list_page, decode_raw_item, decode_recorded, decode_single, looks_truncated,
-    split_list_page, ApiItem,
-    PageError,
+    decode_line, decode_list_page, decode_raw_item, decode_recorded, decode_single,
+    looks_truncated, split_list_page, ApiItem, PageError,
 };
 use crate::parse::html::parse_answer_html;
 use crate::parse::{parse_text_dump, Outcome, ParsedItem, MAX_PADDED_COLUMNS};
@@ -368,7 +367,8 @@ pub fn api_decode(data: &[u8]) -> Result<ApiSummary, Violation> {
             // before): that must give the same items.
             match split_list_page(data) {
                 Ok(split) => {
-                    let items: Vec<ApiItem> = split.items.iter().map(|r| decode_raw_item(r)).collect();
+                    let items: Vec<ApiItem> =
+                        split.items.iter().map(|r| decode_raw_item(r)).collect();
                     ensure!(
                         API,
                         items == page.items && split.total_results == page.total_results,

@@ -240,7 +240,11 @@ fn records_read_again_unchanged_are_not_decoded_again() {
     // Records first logged from their by-id text were never entered as seen: now whole in the
     // list, they are decoded once, found known, and entered. Unchanged: the three other whole
     // ones, and the correction itself when the correction-date query reads it a second time.
-    assert_eq!(changed["unchanged"].as_u64().unwrap(), 10 - cut - 1 + 1, "{changed}");
+    assert_eq!(
+        changed["unchanged"].as_u64().unwrap(),
+        10 - cut - 1 + 1,
+        "{changed}"
+    );
     assert_eq!(changed["already_known"], 10, "{changed}");
     let last = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
     assert_eq!(last["appended"], 0, "{last}");

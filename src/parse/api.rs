@@ -99,8 +99,7 @@ struct OwnedListEnvelope {
 
 /// Splits a page of the list endpoint into raw records (decode each with [`decode_raw_item`]).
 pub fn split_list_page(body: &[u8]) -> Result<RawListPage, PageError> {
-    let envelope: OwnedListEnvelope =
-        serde_json::from_slice(body).map_err(PageError::from_json)?;
+    let envelope: OwnedListEnvelope = serde_json::from_slice(body).map_err(PageError::from_json)?;
     Ok(RawListPage {
         total_results: envelope.total_results,
         items: envelope.results,
@@ -470,7 +469,9 @@ mod tests {
         let items: Vec<ApiItem> = split.items.iter().map(|r| decode_raw_item(r)).collect();
         assert_eq!(items, whole.items);
         // The raw text is the record exactly as sent (it is what a digest is taken of).
-        assert!(split.items[1].get().starts_with(r#"{"value": {"id": 1679703"#));
+        assert!(split.items[1]
+            .get()
+            .starts_with(r#"{"value": {"id": 1679703"#));
         let cut = &page[..page.len() - 20];
         assert!(matches!(
             split_list_page(cut.as_bytes()),
