@@ -240,6 +240,7 @@ pub struct AlertConsumer<'c> {
 impl<'c> AlertConsumer<'c> {
     pub fn open(log: &EventLog, config: &'c Config) -> Result<AlertConsumer<'c>, AlertError> {
         let tree = log.db().open_tree(TREE)?;
+        ensure_indexes(&tree)?;
         let checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
         Ok(AlertConsumer {
             config,
@@ -371,6 +372,8 @@ fn queue_event(
                 last_error: None,
             };
             put_item(state, &item);
+            let count = decode_count(state.get(ITEM_COUNT_KEY)?.as_deref());
+            state.put(ITEM_COUNT_KEY.to_vec(), (count + 1).to_be_bytes().to_vec());
             queued += 1;
         }
     }
@@ -477,29 +480,90 @@ fn save_item(tree: &sled::Tree, log: &EventLog, item: &OutboxItem) -> Result<(),
 }
 
 const UNSENT_INDEX_KEY: &[u8] = b"\x00unsent-index";
+/// Outbox items ever created (items are never removed), so that counting them needs no scan.
+const ITEM_COUNT_KEY: &[u8] = b"\x00item-count";
 
-/// Data dirs from before the unsent index get it built once, from the outbox.
-fn ensure_unsent_index(tree: &sled::Tree) -> Result<(), AlertError> {
-    if tree.contains_key(UNSENT_INDEX_KEY)? {
+fn decode_count(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Data dirs from before the unsent index or the item count get them built once, from the
+/// outbox.
+fn ensure_indexes(tree: &sled::Tree) -> Result<(), AlertError> {
+    let has_index = tree.contains_key(UNSENT_INDEX_KEY)?;
+    if has_index && tree.contains_key(ITEM_COUNT_KEY)? {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
+    let mut count = 0u64;
     for entry in tree.scan_prefix(prefix(&["o"])) {
         let item = decode_item(entry?)?;
-        if item.state != ItemState::Sent {
+        count += 1;
+        if !has_index && item.state != ItemState::Sent {
             batch.insert(key(&["u", &item.id]), Vec::new());
         }
     }
     batch.insert(UNSENT_INDEX_KEY, b"1".to_vec());
+    batch.insert(ITEM_COUNT_KEY, count.to_be_bytes().to_vec());
     tree.apply_batch(batch)?;
     Ok(())
+}
+
+/// Outbox items by state ("pending", "retrying", "sending", "sent"), read from the unsent index
+/// and the item count, without writing (a data dir from before those falls back to reading
+/// every item).
+pub fn counts_by_state(
+    log: &EventLog,
+) -> Result<std::collections::BTreeMap<String, u64>, AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    let mut counts: std::collections::BTreeMap<String, u64> =
+        ["pending", "retrying", "sending", "sent"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+    let indexed = tree.contains_key(UNSENT_INDEX_KEY)? && tree.contains_key(ITEM_COUNT_KEY)?;
+    let items = if indexed {
+        unsent_items(&tree)?
+    } else {
+        outbox(log)?
+    };
+    let mut unsent = 0;
+    for item in &items {
+        let state = match item.state {
+            ItemState::Pending if item.attempts > 0 => "retrying",
+            ItemState::Pending => "pending",
+            ItemState::Sending => "sending",
+            ItemState::Sent => "sent",
+        };
+        if item.state != ItemState::Sent {
+            unsent += 1;
+        }
+        *counts.entry(state.to_string()).or_default() += 1;
+    }
+    if indexed {
+        let total = decode_count(tree.get(ITEM_COUNT_KEY)?.as_deref());
+        counts.insert("sent".to_string(), total.saturating_sub(unsent));
+    }
+    Ok(counts)
+}
+
+/// One outbox item by id.
+pub fn item(log: &EventLog, id: &str) -> Result<Option<OutboxItem>, AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    Ok(Overlay::new(&tree).get_json::<OutboxItem>(&key(&["o", id]))?)
 }
 
 /// Items not yet sent, oldest first, read through the unsent index.
 pub fn unsent(log: &EventLog) -> Result<Vec<OutboxItem>, AlertError> {
     let tree = log.db().open_tree(TREE)?;
-    ensure_unsent_index(&tree)?;
-    let state = Overlay::new(&tree);
+    ensure_indexes(&tree)?;
+    unsent_items(&tree)
+}
+
+fn unsent_items(tree: &sled::Tree) -> Result<Vec<OutboxItem>, AlertError> {
+    let state = Overlay::new(tree);
     let mut items = Vec::new();
     for entry in tree.scan_prefix(prefix(&["u"])) {
         let (k, _) = entry?;
@@ -515,6 +579,7 @@ pub fn unsent(log: &EventLog) -> Result<Vec<OutboxItem>, AlertError> {
 /// Turns due digest queues into outbox items (one per recipient).
 fn make_digests(log: &EventLog, config: &Config, now: DateTime<Utc>) -> Result<u64, AlertError> {
     let tree = log.db().open_tree(TREE)?;
+    ensure_indexes(&tree)?;
     let mut made = 0;
     for sub in config.subscriptions.iter().filter(|s| s.mode == "digest") {
         let Ok(schedule) =
@@ -556,6 +621,7 @@ fn make_digests(log: &EventLog, config: &Config, now: DateTime<Utc>) -> Result<u
             queue_keys.push(k);
         }
         let mut batch = sled::Batch::default();
+        let mut created = 0;
         if let (Some(first), Some(last_seq)) = (seqs.first(), seqs.last()) {
             for recipient in &sub.recipients {
                 let id = format!(
@@ -576,6 +642,9 @@ fn make_digests(log: &EventLog, config: &Config, now: DateTime<Utc>) -> Result<u
                     next_attempt_at: None,
                     last_error: None,
                 };
+                if !tree.contains_key(key(&["o", &id]))? {
+                    created += 1;
+                }
                 for (k, v) in item_writes(&item) {
                     match v {
                         Some(v) => batch.insert(k, v),
@@ -584,6 +653,10 @@ fn make_digests(log: &EventLog, config: &Config, now: DateTime<Utc>) -> Result<u
                 }
                 made += 1;
             }
+        }
+        if created > 0 {
+            let count = decode_count(tree.get(ITEM_COUNT_KEY)?.as_deref());
+            batch.insert(ITEM_COUNT_KEY, (count + created).to_be_bytes().to_vec());
         }
         for k in queue_keys {
             batch.remove(k);

@@ -904,12 +904,9 @@ pub fn alerts_preview(
     id: &str,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let item = crate::alert::outbox(log)?
-        .into_iter()
-        .find(|i| i.id == id)
-        .ok_or_else(|| {
-            CommandError::Usage(format!("no alert {id:?} in the outbox (see 'alerts list')"))
-        })?;
+    let item = crate::alert::item(log, id)?.ok_or_else(|| {
+        CommandError::Usage(format!("no alert {id:?} in the outbox (see 'alerts list')"))
+    })?;
     let rendered = crate::alert::render(log, config, &item)?;
     writeln!(out, "To: {}", item.recipient)?;
     writeln!(out, "Subject: {}", rendered.subject)?;

@@ -317,12 +317,15 @@ async fn cycle_inner(
     report.to = Some(to);
     let windows = windows(from, to, config.window_days);
     let pages = log.db().open_tree(PAGES_TREE).map_err(LogError::from)?;
-    let before = known_records(&pages, from)?;
+    // Loaded on the first page that is not skipped whole (an idle cycle never needs it).
+    let before = std::cell::OnceCell::new();
     let bar = progress_bar(options.progress, windows.len() as u64);
     for (start, end) in windows {
         // Records known from earlier cycles, and those handled in this window (kept only for
         // the window: a backfill must not hold every record's digest).
         let mut known = Known {
+            pages: &pages,
+            from,
             before: &before,
             here: KnownRecords::new(),
         };
@@ -353,7 +356,7 @@ async fn cycle_inner(
 }
 
 /// A list page as handled (see [`PAGES_TREE`]).
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq)]
 struct PageSummary {
     digest: [u8; 16],
     total: u64,
@@ -362,10 +365,59 @@ struct PageSummary {
     records: Vec<Option<[u8; 16]>>,
 }
 
+/// First byte of a stored [`PageSummary`].
+const PAGE_SUMMARY_V1: u8 = 1;
+
 impl PageSummary {
     /// Whether the page may be skipped whole when its bytes come back.
     fn whole(&self) -> bool {
         self.records.iter().all(Option::is_some)
+    }
+
+    /// Version, digest, total, count, then per record: presence bits, id, digest. Binary, since
+    /// an idle cycle reads one per page.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(29 + 25 * self.ids.len());
+        out.push(PAGE_SUMMARY_V1);
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.total.to_be_bytes());
+        out.extend_from_slice(&(self.ids.len() as u32).to_be_bytes());
+        for (id, digest) in self.ids.iter().zip(&self.records) {
+            out.push(u8::from(id.is_some()) | (u8::from(digest.is_some()) << 1));
+            out.extend_from_slice(&id.unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(&digest.unwrap_or([0; 16]));
+        }
+        out
+    }
+
+    /// None for anything malformed or of another version: a cache miss, nothing worse.
+    fn decode(bytes: &[u8]) -> Option<PageSummary> {
+        let (&version, rest) = bytes.split_first()?;
+        if version != PAGE_SUMMARY_V1 || rest.len() < 28 {
+            return None;
+        }
+        let digest: [u8; 16] = rest[..16].try_into().ok()?;
+        let total = u64::from_be_bytes(rest[16..24].try_into().ok()?);
+        let n = u32::from_be_bytes(rest[24..28].try_into().ok()?) as usize;
+        let body = &rest[28..];
+        if body.len() != n.checked_mul(25)? {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(n);
+        for entry in body.chunks_exact(25) {
+            let present = entry[0];
+            let id = u64::from_be_bytes(entry[1..9].try_into().ok()?);
+            let digest: [u8; 16] = entry[9..25].try_into().ok()?;
+            ids.push((present & 1 != 0).then_some(id));
+            records.push((present & 2 != 0).then_some(digest));
+        }
+        Some(PageSummary {
+            digest,
+            total,
+            ids,
+            records,
+        })
     }
 }
 
@@ -381,17 +433,23 @@ fn window_prefix(query: &ListQuery) -> String {
 /// Raw record digest -> API id (none for a quarantined record).
 type KnownRecords = std::collections::HashMap<[u8; 16], Option<u64>>;
 
+/// Records known byte for byte: from earlier cycles, and handled in this window.
 struct Known<'b> {
-    before: &'b KnownRecords,
+    pages: &'b sled::Tree,
+    from: NaiveDate,
+    before: &'b std::cell::OnceCell<KnownRecords>,
     here: KnownRecords,
 }
 
 impl Known<'_> {
-    fn get(&self, digest: &[u8; 16]) -> Option<Option<u64>> {
-        self.here
-            .get(digest)
-            .or_else(|| self.before.get(digest))
-            .copied()
+    fn get(&self, digest: &[u8; 16]) -> Result<Option<Option<u64>>, FetchError> {
+        if let Some(id) = self.here.get(digest) {
+            return Ok(Some(*id));
+        }
+        if self.before.get().is_none() {
+            let _ = self.before.set(known_records(self.pages, self.from)?);
+        }
+        Ok(self.before.get().and_then(|b| b.get(digest)).copied())
     }
 }
 
@@ -402,7 +460,7 @@ fn known_records(pages: &sled::Tree, from: NaiveDate) -> Result<KnownRecords, Fe
     let mut known = KnownRecords::new();
     for entry in pages.range(from.to_string().as_bytes()..) {
         let (_, value) = entry.map_err(LogError::from)?;
-        let Ok(summary) = serde_json::from_slice::<PageSummary>(&value) else {
+        let Some(summary) = PageSummary::decode(&value) else {
             continue;
         };
         for (digest, id) in summary.records.into_iter().zip(summary.ids) {
@@ -419,7 +477,7 @@ fn load_page(pages: &sled::Tree, key: &[u8]) -> Result<Option<PageSummary>, Fetc
     Ok(pages
         .get(key)
         .map_err(LogError::from)?
-        .and_then(|v| serde_json::from_slice(&v).ok()))
+        .and_then(|v| PageSummary::decode(&v)))
 }
 
 /// Drops the entries of windows that end before `from`: later cycles start at or after it.
@@ -485,7 +543,7 @@ async fn read_window(
             let (total, ids, items) = match (page, previous) {
                 (Some(page), _) => {
                     let total = page.total_results.unwrap_or(0);
-                    let items = triage(known, page.items);
+                    let items = triage(known, page.items)?;
                     let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
                     (total, ids, Some(items))
                 }
@@ -526,9 +584,9 @@ async fn read_window(
                         ids: ids.clone(),
                         records,
                     };
-                    let value = serde_json::to_vec(&summary)
-                        .map_err(|e| FetchError::State(e.to_string()))?;
-                    pages.insert(key, value).map_err(LogError::from)?;
+                    pages
+                        .insert(key, summary.encode())
+                        .map_err(LogError::from)?;
                 }
                 None => {
                     // The same bytes as a page whose records are all in the log.
@@ -612,11 +670,14 @@ fn raw_digest(raw: &str) -> [u8; 16] {
 }
 
 /// Decodes the records of a page that are not among those known byte for byte.
-fn triage(known: &Known<'_>, raw_items: Vec<Box<serde_json::value::RawValue>>) -> Vec<PageItem> {
+fn triage(
+    known: &Known<'_>,
+    raw_items: Vec<Box<serde_json::value::RawValue>>,
+) -> Result<Vec<PageItem>, FetchError> {
     let mut items = Vec::with_capacity(raw_items.len());
     for raw in raw_items {
         let digest = raw_digest(raw.get());
-        if let Some(id) = known.get(&digest) {
+        if let Some(id) = known.get(&digest)? {
             items.push(PageItem::Seen { id, digest });
             continue;
         }
@@ -629,7 +690,7 @@ fn triage(known: &Known<'_>, raw_items: Vec<Box<serde_json::value::RawValue>>) -
         };
         items.push(PageItem::Fresh { item, digest });
     }
-    items
+    Ok(items)
 }
 
 /// Completes cut-short records by id, turns the page into observations and appends them.
@@ -750,6 +811,27 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn page_summaries_round_trip_and_refuse_garbage() {
+        let summary = PageSummary {
+            digest: [7; 16],
+            total: 1234,
+            ids: vec![Some(1), None, Some(u64::MAX)],
+            records: vec![Some([1; 16]), Some([2; 16]), None],
+        };
+        let bytes = summary.encode();
+        assert_eq!(PageSummary::decode(&bytes), Some(summary));
+        for cut in 0..bytes.len() {
+            assert_eq!(PageSummary::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert_eq!(PageSummary::decode(&other), None);
+        let mut long = bytes;
+        long.push(0);
+        assert_eq!(PageSummary::decode(&long), None);
     }
 
     #[test]

@@ -127,19 +127,8 @@ pub fn status(log: &EventLog, live: Option<&CycleReport>) -> Result<StatusReport
         "alerts".to_string(),
         crate::alert::checkpoint(log).map_err(CommandError::from)?,
     );
-    let mut outbox: BTreeMap<String, u64> = ["pending", "retrying", "sending", "sent"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
-    for item in crate::alert::outbox(log).map_err(CommandError::from)? {
-        let state = match item.state {
-            crate::alert::ItemState::Pending if item.attempts > 0 => "retrying",
-            crate::alert::ItemState::Pending => "pending",
-            crate::alert::ItemState::Sending => "sending",
-            crate::alert::ItemState::Sent => "sent",
-        };
-        *outbox.entry(state.to_string()).or_default() += 1;
-    }
+    // Read from the unsent index and the item count: the sent history is never scanned.
+    let outbox = crate::alert::counts_by_state(log).map_err(CommandError::from)?;
     Ok(StatusReport {
         data_dir: log.dir().display().to_string(),
         log_head: log.head()?,

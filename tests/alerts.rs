@@ -129,6 +129,13 @@ fn one_email_per_new_policing_answer_and_none_for_a_refetch() {
         10,
         "{list}"
     );
+    // `status` counts the outbox from its unsent index and item count, not by reading it all.
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(
+        status["outbox"],
+        json!({"pending": 0, "retrying": 0, "sending": 0, "sent": 10}),
+        "{status}"
+    );
 }
 
 #[test]
@@ -157,6 +164,9 @@ fn digests_group_what_arrived_into_one_email_per_recipient() {
     std::thread::sleep(Duration::from_millis(1100));
     let again = ok(run(&env, &["alerts", "send"]));
     assert!(again.starts_with("alerts: 0 sent"), "{again}");
+    // Digest items count like the others.
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(status["outbox"]["sent"], 2, "{status}");
 }
 
 #[test]
@@ -173,6 +183,12 @@ fn alerts_wait_while_the_server_is_down_and_are_delivered_once_when_it_is_back()
     let list = ok(run(&env, &["alerts", "list"]));
     assert!(list.contains("retrying"), "{list}");
     assert_eq!(list.lines().count(), 10, "nothing dropped: {list}");
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(
+        status["outbox"],
+        json!({"pending": 9, "retrying": 1, "sending": 0, "sent": 0}),
+        "{status}"
+    );
 
     sink.restart();
     let up = ok(run(&env, &["alerts", "send"]));

@@ -250,3 +250,33 @@ fn upstream_markup_never_becomes_active_in_the_email() {
         "plain text keeps it as text"
     );
 }
+
+#[test]
+fn outbox_counts_come_from_the_index_and_older_data_dirs_are_counted_once() {
+    let (_dir, mut log) = open();
+    let config = config("");
+    ingest_sample(&mut log);
+    crate::pipeline::derive(&mut log, &config).unwrap();
+    let transport = Recorder::new();
+    let before = counts_by_state(&log).unwrap();
+    assert_eq!(before["pending"], 20);
+    assert_eq!(before["sent"], 0);
+    deliver(&mut log, &config, &transport, Utc::now()).unwrap();
+    crate::pipeline::derive(&mut log, &config).unwrap();
+    let after = counts_by_state(&log).unwrap();
+    assert_eq!((after["pending"], after["sent"]), (0, 20));
+
+    // A data dir from before the item count (and the unsent index): counted by reading every
+    // item, without writing; the consumer then builds both once, and the counts agree.
+    let tree = log.db().open_tree(TREE).unwrap();
+    tree.remove(ITEM_COUNT_KEY).unwrap();
+    tree.remove(UNSENT_INDEX_KEY).unwrap();
+    assert_eq!(counts_by_state(&log).unwrap(), after);
+    assert!(!tree.contains_key(ITEM_COUNT_KEY).unwrap());
+    AlertConsumer::open(&log, &config).unwrap();
+    assert_eq!(
+        decode_count(tree.get(ITEM_COUNT_KEY).unwrap().as_deref()),
+        20
+    );
+    assert_eq!(counts_by_state(&log).unwrap(), after);
+}
