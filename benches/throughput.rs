@@ -79,13 +79,36 @@ fn main() {
                 f.write_all(b"\n").expect("write");
             }
         }
+        // On one thread, for comparison: the whole file decoded, then appended.
+        {
+            let dir = tmp.path().join("ingest-one-thread");
+            let mut log = EventLog::open(&dir, store_options()).expect("open");
+            let started = Instant::now();
+            let bytes = std::fs::read(&file).expect("read");
+            let items = answerfeed::parse::api::decode_recorded(&bytes).expect("decode");
+            let parsed = started.elapsed();
+            let summary =
+                answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+            let took = started.elapsed();
+            report("ingest on one thread (decode the file, then append)", n, took);
+            println!(
+                "  of which reading and decoding {:.2} s, appending {:.2} s",
+                parsed.as_secs_f64(),
+                (took - parsed).as_secs_f64()
+            );
+            assert_eq!(summary.records, n);
+        }
+        // As `answerfeed ingest` does it (without the views following): JSON lines streamed,
+        // the next batches decoded while one is appended.
         let dir = tmp.path().join("ingest");
         let mut log = EventLog::open(&dir, store_options()).expect("open");
         let started = Instant::now();
-        let bytes = std::fs::read(&file).expect("read");
-        let items = answerfeed::parse::api::decode_recorded(&bytes).expect("decode");
-        let summary =
-            answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
+        let summary = answerfeed::ingest::ingest_file(
+            &mut log,
+            &file,
+            answerfeed::ingest::IngestOptions::default(),
+        )
+        .expect("ingest");
         let ingest = started.elapsed();
         report("ingest (file -> parse -> log)", n, ingest);
         assert_eq!(summary.records, n);

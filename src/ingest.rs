@@ -210,29 +210,66 @@ pub fn ingest_file(
 const HEAD_BYTES: u64 = 64 * 1024;
 
 /// JSON lines are read and appended a batch at a time, so a backfill file of any size takes
-/// memory for one batch, not for the file.
+/// memory for a few batches, not for the file. A reader thread reads and decodes the next batches
+/// while this one appends (decoding is about half the work), in file order, so the log is the
+/// same as a one-thread ingest would make.
 fn ingest_api_lines(
     log: &mut EventLog,
     path: &Path,
     source: &str,
 ) -> Result<FileSummary, IngestError> {
-    use std::io::BufRead;
     let read_error = |source| IngestError::Read {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut reader = std::io::BufReader::new(file);
     let mut summary = FileSummary {
         source: source.to_string(),
         ..FileSummary::default()
     };
+    // Two decoded batches may wait: enough to keep both threads busy, little memory.
+    let (batches, decoded) = std::sync::mpsc::sync_channel(2);
+    std::thread::scope(|scope| {
+        scope.spawn(move || decode_lines(file, &batches));
+        // Ends when the reader is done (or failed, which it sends first); an error here drops
+        // the receiver, which stops the reader at its next batch.
+        for batch in decoded {
+            let batch = batch.map_err(read_error)?;
+            let offset = u32::try_from(summary.records).unwrap_or(u32::MAX);
+            let part = ingest_api_items_at(log, source, batch, offset).map_err(|source| {
+                IngestError::Log {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            summary.absorb(part);
+        }
+        Ok::<(), IngestError>(())
+    })?;
+    summary.finish("ingested API data");
+    Ok(summary)
+}
+
+/// The reader thread of [`ingest_api_lines`]: decoded batches of [`BATCH_SIZE`] lines, in
+/// order, then the end of the channel (or a read error as its last message).
+fn decode_lines(
+    file: std::fs::File,
+    batches: &std::sync::mpsc::SyncSender<std::io::Result<Vec<crate::parse::api::ApiItem>>>,
+) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(file);
     let mut batch = Vec::with_capacity(BATCH_SIZE);
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
         line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(read_error)?;
+        let read = match reader.read_until(b'\n', &mut line) {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = batches.send(Err(e));
+                return;
+            }
+        };
         if read > 0 {
             number += 1;
             let text = String::from_utf8_lossy(&line);
@@ -241,20 +278,16 @@ fn ingest_api_lines(
             }
         }
         if batch.len() >= BATCH_SIZE || (read == 0 && !batch.is_empty()) {
-            let offset = u32::try_from(summary.records).unwrap_or(u32::MAX);
-            let part = ingest_api_items_at(log, source, std::mem::take(&mut batch), offset)
-                .map_err(|source| IngestError::Log {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            summary.absorb(part);
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+            if batches.send(Ok(full)).is_err() {
+                // The appender stopped (an error it reports itself).
+                return;
+            }
         }
         if read == 0 {
-            break;
+            return;
         }
     }
-    summary.finish("ingested API data");
-    Ok(summary)
 }
 
 /// Appends decoded API records, oldest first by their date. A record whose text the list endpoint
