@@ -90,7 +90,11 @@ fn main() {
             let summary =
                 answerfeed::ingest::ingest_api_items(&mut log, "bench", items).expect("ingest");
             let took = started.elapsed();
-            report("ingest on one thread (decode the file, then append)", n, took);
+            report(
+                "ingest on one thread (decode the file, then append)",
+                n,
+                took,
+            );
             println!(
                 "  of which reading and decoding {:.2} s, appending {:.2} s",
                 parsed.as_secs_f64(),

@@ -68,8 +68,9 @@ const MAX_SWEEPS: u32 = 3;
 /// in the record by id. Entries of windows before a cycle's start are dropped at its end, so the
 /// tree holds about the overlap window.
 const PAGES_TREE: &str = "fetch_pages";
-/// Part of every record digest: bump it when the parser learns to read more from a record, so
-/// that records seen before are decoded (and, if they now read differently, logged) again.
+/// Part of every record digest: bumping it has every record read again (e.g. should what a
+/// record's identity is made of ever change; parser improvements alone do not need it, since the
+/// content hash covers the record as received, so re-reading it would append nothing).
 const RECORD_DIGEST_VERSION: u64 = 1;
 
 /// What is stored per source: how far it is complete, and the last cycle's figures.

@@ -227,8 +227,8 @@ fn ingest_api_lines(
         source: source.to_string(),
         ..FileSummary::default()
     };
-    // Two decoded batches may wait: enough to keep both threads busy, little memory.
-    let (batches, decoded) = std::sync::mpsc::sync_channel(2);
+    // One decoded batch may wait while the next is decoded: enough to keep both threads busy.
+    let (batches, decoded) = std::sync::mpsc::sync_channel(1);
     std::thread::scope(|scope| {
         scope.spawn(move || decode_lines(file, &batches));
         // Ends when the reader is done (or failed, which it sends first); an error here drops

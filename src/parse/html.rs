@@ -224,13 +224,21 @@ impl Builder {
                     end_row(&mut table);
                     let rendered = finish_table(table);
                     match self.tables.last_mut() {
-                        // A nested table's text joins the outer cell.
-                        Some(outer) => {
-                            if let Some(cell) = outer.cell.as_mut() {
+                        // A nested table's text joins the outer cell, or, when the markup put
+                        // it outside any cell, becomes a row of its own (as stray text does).
+                        Some(outer) => match outer.cell.as_mut() {
+                            Some(cell) => {
                                 cell.push(' ');
                                 cell.push_str(&rendered.text);
                             }
-                        }
+                            None => {
+                                let text = collapse(&rendered.text);
+                                if !text.is_empty() {
+                                    end_row(outer);
+                                    outer.rows.push(vec![text]);
+                                }
+                            }
+                        },
                         None => self.blocks.extend(rendered.blocks),
                     }
                 }
@@ -455,6 +463,22 @@ mod tests {
                 "p:After."
             ]
         );
+    }
+
+    #[test]
+    fn a_table_nested_outside_any_cell_keeps_its_text() {
+        // Browsers hoist such a table out; we keep its text as a row of the outer table.
+        for html in [
+            "<table><tr><td>Force</td><td>2024</td></tr><table><tr><td>stray inner words</td></tr></table><tr><td>Kent</td><td>5</td></tr></table>",
+            "<table><tr><td>Force</td><td>2024</td><table><tr><td>stray inner words</td></tr></table></tr></table>",
+        ] {
+            let body = parse_answer_html(html);
+            assert!(
+                body.plain_text().contains("stray inner words"),
+                "{html}: {:?}",
+                body.blocks
+            );
+        }
     }
 
     #[test]
