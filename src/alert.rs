@@ -83,6 +83,19 @@ pub struct OutboxItem {
     pub message_id: String,
 }
 
+impl OutboxItem {
+    /// The state as `status`, `/metrics` and `alerts list` name it: a pending item that has
+    /// failed before is "retrying".
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            ItemState::Pending if self.attempts > 0 => "retrying",
+            ItemState::Pending => "pending",
+            ItemState::Sending => "sending",
+            ItemState::Sent => "sent",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeriveReport {
     pub events_read: u64,
@@ -531,16 +544,10 @@ pub fn counts_by_state(
     };
     let mut unsent = 0;
     for item in &items {
-        let state = match item.state {
-            ItemState::Pending if item.attempts > 0 => "retrying",
-            ItemState::Pending => "pending",
-            ItemState::Sending => "sending",
-            ItemState::Sent => "sent",
-        };
         if item.state != ItemState::Sent {
             unsent += 1;
         }
-        *counts.entry(state.to_string()).or_default() += 1;
+        *counts.entry(item.state_name().to_string()).or_default() += 1;
     }
     if indexed {
         let total = decode_count(tree.get(ITEM_COUNT_KEY)?.as_deref());

@@ -875,12 +875,7 @@ pub fn alerts_list(log: &EventLog, json: bool, out: &mut dyn Write) -> Result<()
             writeln!(out)?;
             continue;
         }
-        let state = match item.state {
-            crate::alert::ItemState::Pending if item.attempts > 0 => "retrying",
-            crate::alert::ItemState::Pending => "pending",
-            crate::alert::ItemState::Sending => "sending",
-            crate::alert::ItemState::Sent => "sent",
-        };
+        let state = item.state_name();
         writeln!(
             out,
             "{}  {state:<8} {} -> {}  events {:?}{}",
