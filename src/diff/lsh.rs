@@ -20,8 +20,12 @@ pub const BANDS: usize = 32;
 /// Members kept per bucket (the most recent): boilerplate fills buckets, and a cap keeps each
 /// lookup bounded.
 pub const BUCKET_LIMIT: usize = 64;
-/// Fresh entries (per band) merged into the sorted runs once this many answers are waiting.
+/// Fresh entries (per band) merged into the sorted runs once this many answers are waiting. A
+/// merge copies the sorted runs, so fewer merges cost less time; the fresh entries take about 17
+/// bytes each (32 per answer), about 9 MB at this bound.
 const MERGE_AT: usize = 16_384;
+/// No earlier entry in a fresh bucket's chain.
+const NONE: u32 = u32::MAX;
 /// Chunk encoding version (the first byte of every persisted chunk).
 const CHUNK_V2: u8 = 2;
 /// seq, question tag, exact-text digest, one bucket per band.
@@ -36,8 +40,8 @@ pub struct LshIndex {
     members: Vec<(u64, u64)>,
     /// Per band, `bucket << 32 | member`, sorted.
     sorted: Vec<Vec<u64>>,
-    /// Per band, the entries added since the last merge: bucket -> members, ascending.
-    fresh: Vec<HashMap<u32, Vec<u32>>>,
+    /// Per band, the entries added since the last merge.
+    fresh: Vec<Fresh>,
     fresh_answers: usize,
     /// Digest of the normalised text -> the first member with that text (exact duplicates).
     exact: HashMap<u128, u32>,
@@ -56,7 +60,7 @@ impl LshIndex {
     pub fn new() -> LshIndex {
         LshIndex {
             sorted: vec![Vec::new(); BANDS],
-            fresh: vec![HashMap::new(); BANDS],
+            fresh: (0..BANDS).map(|_| Fresh::default()).collect(),
             ..LshIndex::default()
         }
     }
@@ -115,7 +119,8 @@ impl LshIndex {
             let start = sorted.partition_point(|e| *e < lo);
             let end = sorted.partition_point(|e| *e >> 32 <= u64::from(*bucket));
             let old = &sorted[start..end];
-            let new: &[u32] = self.fresh[band].get(bucket).map_or(&[], |v| v.as_slice());
+            let mut latest = [0u32; BUCKET_LIMIT];
+            let new = self.fresh[band].latest(*bucket, &mut latest);
             // Latest BUCKET_LIMIT of old ++ new (both ascending).
             let from_new = new.len().min(BUCKET_LIMIT);
             let from_old = (BUCKET_LIMIT - from_new).min(old.len());
@@ -152,7 +157,7 @@ impl LshIndex {
         let member = self.push_member(seq, tag)?;
         self.exact.entry(digest).or_insert(member);
         for (band, bucket) in buckets.iter().enumerate() {
-            self.fresh[band].entry(*bucket).or_default().push(member);
+            self.fresh[band].push(*bucket, member);
         }
         if self.pending.is_empty() {
             self.pending.push(CHUNK_V2);
@@ -184,14 +189,7 @@ impl LshIndex {
 
     fn merge(&mut self) {
         for (sorted, fresh) in self.sorted.iter_mut().zip(&mut self.fresh) {
-            let mut add: Vec<u64> = fresh
-                .drain()
-                .flat_map(|(bucket, members)| {
-                    members
-                        .into_iter()
-                        .map(move |m| u64::from(bucket) << 32 | u64::from(m))
-                })
-                .collect();
+            let mut add = fresh.drain();
             add.sort_unstable();
             let mut merged = Vec::with_capacity(sorted.len() + add.len());
             let (mut i, mut j) = (0, 0);
@@ -210,6 +208,55 @@ impl LshIndex {
             *sorted = merged;
         }
         self.fresh_answers = 0;
+    }
+}
+
+/// A band's entries since the last merge: per bucket a chain through `links`, newest first. Flat
+/// arrays rather than a `Vec` per bucket: most buckets hold one member, and a vector each cost
+/// several times the entry.
+#[derive(Debug, Default)]
+struct Fresh {
+    /// Bucket -> index in `links` of its newest entry.
+    heads: HashMap<u32, u32>,
+    /// (member, index of the bucket's previous entry or [`NONE`]).
+    links: Vec<(u32, u32)>,
+}
+
+impl Fresh {
+    fn push(&mut self, bucket: u32, member: u32) {
+        // Fewer than MERGE_AT * BANDS entries, far below u32::MAX.
+        let at = self.links.len() as u32;
+        let previous = self.heads.insert(bucket, at).unwrap_or(NONE);
+        self.links.push((member, previous));
+    }
+
+    /// The bucket's latest members (at most BUCKET_LIMIT), ascending, written into `out`.
+    fn latest<'o>(&self, bucket: u32, out: &'o mut [u32; BUCKET_LIMIT]) -> &'o [u32] {
+        let mut n = 0;
+        let mut at = self.heads.get(&bucket).copied().unwrap_or(NONE);
+        while at != NONE && n < BUCKET_LIMIT {
+            let Some(&(member, previous)) = self.links.get(at as usize) else {
+                break;
+            };
+            out[BUCKET_LIMIT - 1 - n] = member;
+            n += 1;
+            at = previous;
+        }
+        &out[BUCKET_LIMIT - n..]
+    }
+
+    /// Every entry as `bucket << 32 | member` (unsorted); leaves the band empty.
+    fn drain(&mut self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.links.len());
+        for (bucket, head) in self.heads.drain() {
+            let mut at = head;
+            while let Some(&(member, previous)) = self.links.get(at as usize) {
+                out.push(u64::from(bucket) << 32 | u64::from(member));
+                at = previous;
+            }
+        }
+        self.links.clear();
+        out
     }
 }
 
@@ -292,6 +339,8 @@ mod tests {
         fn matches_per_bucket_lists(
             answers in proptest::collection::vec((0u32..6, 0u64..5), 1..400),
             cut_every in 1usize..90,
+            // Up to longer than BUCKET_LIMIT, so fresh chains overflow it between merges.
+            merge_every in 1usize..200,
         ) {
             let mut index = LshIndex::new();
             let mut reference = Reference::default();
@@ -304,7 +353,7 @@ mod tests {
                 prop_assert_eq!(index.candidates(&buckets, *tag), reference.candidates(&buckets, *tag));
                 index.insert(seq, *tag, &buckets, u128::from(*bucket_seed)).unwrap();
                 reference.insert(seq, *tag, &buckets);
-                if i % 37 == 0 {
+                if i % merge_every == 0 {
                     index.merge();
                 }
                 if i % cut_every == 0 {
