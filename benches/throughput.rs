@@ -233,7 +233,7 @@ fn main() {
     };
     let idle = |log: &mut EventLog| {
         let follower = answerfeed::pipeline::Follower::start(log, &config);
-        let (_, result) = runtime.block_on(fetch::run_cycle(
+        let (cycle, result) = runtime.block_on(fetch::run_cycle(
             log,
             &client,
             &fetch_config,
@@ -242,6 +242,7 @@ fn main() {
         ));
         result.expect("idle cycle");
         follower.finish().expect("derive");
+        cycle
     };
     idle(&mut log);
     // sled goes on rewriting pages in the background for a while after heavy writing (segment
@@ -278,12 +279,13 @@ fn main() {
             .unwrap_or(1000),
     );
     let mut wall = Duration::ZERO;
+    let mut last = None;
     for i in 0..repeat {
         if i > 0 {
             std::thread::sleep(gap);
         }
         let started = Instant::now();
-        idle(&mut log);
+        last = Some(idle(&mut log));
         wall += started.elapsed();
     }
     let wall = wall / repeat;
@@ -299,6 +301,12 @@ fn main() {
         server.as_secs_f64() * 1e3 / f64::from(repeat),
         written_bytes().saturating_sub(io0) / u64::from(repeat)
     );
+    if let Some(cycle) = last {
+        println!(
+            "  (the last idle cycle: {} pages, {} unchanged; {} records seen, {} not decoded; {} appended)",
+            cycle.pages, cycle.pages_unchanged, cycle.records_seen, cycle.unchanged, cycle.appended
+        );
+    }
 }
 
 /// sled's cache as the daemon's default config sets it, or `BENCH_CACHE_MB`.
