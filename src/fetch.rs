@@ -594,10 +594,7 @@ async fn read_window(
                     report.pages_unchanged += 1;
                     report.records_seen += count;
                     for id in &ids {
-                        if id.is_none_or(|id| done.insert(id)) {
-                            report.already_known += 1;
-                            report.unchanged += 1;
-                        }
+                        count_unchanged(*id, &mut done, report);
                     }
                 }
             }
@@ -694,6 +691,15 @@ fn triage(
     Ok(items)
 }
 
+/// A record read byte for byte as logged before: already known, as appending it again would
+/// find (unless this window has handled its id already, which is not counted twice).
+fn count_unchanged(id: Option<u64>, done: &mut HashSet<u64>, report: &mut CycleReport) {
+    if id.is_none_or(|id| done.insert(id)) {
+        report.already_known += 1;
+        report.unchanged += 1;
+    }
+}
+
 /// Completes cut-short records by id, turns the page into observations and appends them.
 async fn handle_page(
     log: &mut EventLog,
@@ -711,14 +717,7 @@ async fn handle_page(
         let position = u32::try_from(skip + index as u64).unwrap_or(u32::MAX);
         let item = match page_item {
             PageItem::Seen { id, .. } => {
-                // Already in the log: what appending it again would have found.
-                if let Some(id) = id {
-                    if !done.insert(id) {
-                        continue;
-                    }
-                }
-                report.already_known += 1;
-                report.unchanged += 1;
+                count_unchanged(id, done, report);
                 continue;
             }
             PageItem::Fresh { item, .. } => item,
