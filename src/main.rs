@@ -382,9 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rebuild => {
             let mut log = open_for_write(&data_dir, store, "rebuild")?;
-            // Flags first: the views include them.
-            answerfeed::pipeline::derive(&mut log, &config)?;
-            let (before, after, report) = answerfeed::project::rebuild(&log, &config.topics)?;
+            let (before, after, report) = answerfeed::pipeline::rebuild_views(&mut log, &config)?;
             if cli.json {
                 writeln!(
                     out,

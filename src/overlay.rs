@@ -81,6 +81,27 @@ impl<'a> Overlay<'a> {
         self.pending.insert(key, None);
     }
 
+    /// Changes a value in place (an absent one starts empty); a value left empty is removed.
+    /// For values many events of a batch add to, such as posting blocks: the value is read
+    /// from the tree once per batch and edited without copying.
+    pub fn modify(
+        &mut self,
+        key: Vec<u8>,
+        change: impl FnOnce(&mut Vec<u8>) -> Result<(), OverlayError>,
+    ) -> Result<(), OverlayError> {
+        let slot = match self.pending.entry(key) {
+            std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let stored = self.tree.get(slot.key())?.map(|v| v.to_vec());
+                slot.insert(stored)
+            }
+        };
+        let mut value = slot.take().unwrap_or_default();
+        let result = change(&mut value);
+        *slot = (!value.is_empty()).then_some(value);
+        result
+    }
+
     /// The greatest live key in `[prefix, before)`, with its value.
     pub fn last_before(&self, prefix: &[u8], before: &[u8]) -> Result<Option<Entry>, OverlayError> {
         let mut upper = before.to_vec();

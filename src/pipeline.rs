@@ -210,3 +210,17 @@ pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, Pipel
     }
     Ok(report)
 }
+
+/// `answerfeed rebuild`: flags first (the views include them), then the views dropped and
+/// replayed, then the other consumers brought up to date. The views' incremental path is not
+/// run first, so damaged views are replaced rather than read. Returns the views' digest before
+/// and after.
+pub fn rebuild_views(
+    log: &mut EventLog,
+    config: &Config,
+) -> Result<(String, String, ProjectReport), PipelineError> {
+    diff::run(log, &DiffSettings::new(&config.diff, &config.trackers))?;
+    let rebuilt = project::rebuild(log, &config.topics)?;
+    derive(log, config)?;
+    Ok(rebuilt)
+}

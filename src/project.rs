@@ -9,14 +9,17 @@
 //! | key | value |
 //! |---|---|
 //! | `q` question | [`QuestionView`] JSON |
-//! | `o` latest-seq (20 digits) | question: recency order |
+//! | `o` block | posting block of (latest seq, question): recency order |
+//! | `b` body (lower case) block, `m` member (lower case) block, `t` topic block, `f` force block | posting block of (latest seq, question) |
 //! | `a` api-id (20 digits) | question (only when the question is not keyed `api:` + that id) |
-//! | `b` body (lower case) question, `m` member question, `t` topic question, `f` force question | empty |
 //! | `s` force measure period question table row | [`StatRow`] JSON |
-//! | `k` flag-kind seq | empty: flags by kind |
+//! | `k` flag-kind block | posting block of flag seqs: flags by kind |
 //! | `d` group question | [`DuplicateMember`] JSON |
 //! | `x` question | the statistics keys the question's current content owns (removed on revision; only when it has any) |
 //! | `\0format` | the layout version (views without it are rebuilt) |
+//!
+//! A block is a sequence number divided by [`postings::BLOCK`], as 20 digits; a posting block
+//! holds the entries of its index value whose seq falls in it (see [`postings`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,13 +30,14 @@ use crate::overlay::{Overlay, OverlayError};
 use crate::record::AnswerRecord;
 use crate::stats;
 
+mod postings;
+
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-/// The views' layout: "3" derives a question's index keys from its view (`x` lists only its
-/// statistics rows; `a` only for questions not keyed by their API id). Views without this
-/// marker are rebuilt.
+/// The views' layout: "4" keeps the indexes in posting blocks ("3" had a key per entry). Views
+/// without this marker are rebuilt.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"3";
+const FORMAT: &[u8] = b"4";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 
@@ -255,8 +259,9 @@ fn apply(
     state.put(counter, (count + 1).to_be_bytes().to_vec());
     match &envelope.event {
         Event::FlagRaised { flag } => {
-            let seq = seq_text(envelope.seq);
-            state.put(key(&["k", flag.detail.kind(), &seq]), Vec::new());
+            let block = seq_text(postings::block_of(envelope.seq));
+            let k = key(&["k", flag.detail.kind(), &block]);
+            state.modify(k.clone(), |b| postings::insert(&k, b, envelope.seq, ""))?;
             if let Some(question) = &flag.question {
                 let qkey = key(&["q", question.as_str()]);
                 if let Some(mut view) = state.get_json::<QuestionView>(&qkey)? {
@@ -322,6 +327,9 @@ fn apply_answer(
     // any: most have none, and a key fewer per answer is a good part of what sled costs here).
     if let Some(view) = &previous {
         for k in index_keys(view) {
+            state.modify(k.clone(), |b| postings::remove(&k, b, view.latest_seq, q))?;
+        }
+        if let Some(k) = api_id_key(view) {
             state.remove(k);
         }
     }
@@ -385,37 +393,38 @@ fn apply_answer(
         flags: previous.map(|v| v.flags).unwrap_or_default(),
     };
     for k in index_keys(&view) {
-        let value = if k.first() == Some(&b'o') || k.first() == Some(&b'a') {
-            q.as_bytes().to_vec()
-        } else {
-            Vec::new()
-        };
-        state.put(k, value);
+        state.modify(k.clone(), |b| postings::insert(&k, b, seq, q))?;
+    }
+    if let Some(k) = api_id_key(&view) {
+        state.put(k, q.as_bytes().to_vec());
     }
     state.put_json(qkey, &view);
     Ok(())
 }
 
-/// The index keys a question's view stands for: recency (`o`, valued with the question), API id
-/// (`a`, likewise; only when the question's key is not already `api:` and the id), body,
-/// member, topics and forces (empty values).
+/// The posting blocks a question's view has an entry `(latest seq, question)` in: recency
+/// (`o`), body, member, topics and forces, each in the block of its latest seq.
 fn index_keys(view: &QuestionView) -> Vec<Vec<u8>> {
-    let q = view.question.as_str();
-    let mut keys = vec![key(&["o", &seq_text(view.latest_seq)])];
-    if let Some(id) = view.api_id {
-        if q != format!("api:{id}") {
-            keys.push(key(&["a", &seq_text(id)]));
-        }
-    }
-    keys.push(key(&["b", &view.answering_body.to_lowercase(), q]));
-    keys.push(key(&["m", &view.asking_member.to_lowercase(), q]));
+    let block = seq_text(postings::block_of(view.latest_seq));
+    let mut keys = vec![
+        key(&["o", &block]),
+        key(&["b", &view.answering_body.to_lowercase(), &block]),
+        key(&["m", &view.asking_member.to_lowercase(), &block]),
+    ];
     for topic in &view.topics {
-        keys.push(key(&["t", topic, q]));
+        keys.push(key(&["t", topic, &block]));
     }
     for force in &view.forces {
-        keys.push(key(&["f", force, q]));
+        keys.push(key(&["f", force, &block]));
     }
     keys
+}
+
+/// The API id's key (`a`, valued with the question), only when the question's key is not
+/// already `api:` and the id.
+fn api_id_key(view: &QuestionView) -> Option<Vec<u8>> {
+    let id = view.api_id?;
+    (view.question.as_str() != format!("api:{id}")).then(|| key(&["a", &seq_text(id)]))
 }
 
 /// Whether a record belongs to a topic (see config/default.toml).
@@ -523,38 +532,63 @@ impl Views {
         self.question(id)
     }
 
-    /// Questions matching every filter given, most recently changed first, streamed.
+    /// Questions matching every filter given, most recently changed first, streamed. One index
+    /// drives (member, force, topic or body, the likeliest to be narrow first; recency when no
+    /// filter is given) and the view is checked against the other filters.
     pub fn questions<'a>(
         &'a self,
         filter: &'a QuestionFilter,
     ) -> impl Iterator<Item = Result<QuestionView, ProjectError>> + 'a {
-        let order = prefix(&["o"]);
-        self.tree.scan_prefix(order).rev().filter_map(move |entry| {
-            let result = (|| -> Result<Option<QuestionView>, ProjectError> {
-                let (_, q) = entry?;
-                let q = String::from_utf8_lossy(&q).into_owned();
-                let checks: [(Option<&String>, &str, bool); 4] = [
-                    (filter.topic.as_ref(), "t", false),
-                    (filter.body.as_ref(), "b", true),
-                    (filter.member.as_ref(), "m", true),
-                    (filter.force.as_ref(), "f", false),
-                ];
-                for (wanted, tag, lower) in checks {
-                    if let Some(value) = wanted {
-                        let value = if lower {
-                            value.to_lowercase()
-                        } else {
-                            value.clone()
-                        };
-                        if !self.tree.contains_key(key(&[tag, &value, &q]))? {
-                            return Ok(None);
-                        }
-                    }
-                }
-                self.question(&q)
-            })();
-            result.transpose()
-        })
+        let lower = |v: &Option<String>| v.as_ref().map(|v| v.to_lowercase());
+        let body = lower(&filter.body);
+        let member = lower(&filter.member);
+        let driving = match (&member, &filter.force, &filter.topic, &body) {
+            (Some(member), ..) => prefix(&["m", member]),
+            (None, Some(force), ..) => prefix(&["f", force]),
+            (None, None, Some(topic), _) => prefix(&["t", topic]),
+            (None, None, None, Some(body)) => prefix(&["b", body]),
+            (None, None, None, None) => prefix(&["o"]),
+        };
+        self.tree
+            .scan_prefix(driving)
+            .rev()
+            .flat_map(|entry| -> Vec<Result<(u64, String), ProjectError>> {
+                let (k, block) = match entry {
+                    Ok(kv) => kv,
+                    Err(e) => return vec![Err(e.into())],
+                };
+                postings::entries(&k, &block)
+                    .map(|p| {
+                        p.map(|p| (p.seq, p.question.to_string()))
+                            .map_err(ProjectError::from)
+                    })
+                    .collect()
+            })
+            .filter_map(move |entry| {
+                let result = (|| -> Result<Option<QuestionView>, ProjectError> {
+                    let (seq, q) = entry?;
+                    let Some(view) = self.question(&q)? else {
+                        return Ok(None);
+                    };
+                    let matches = view.latest_seq == seq
+                        && body
+                            .as_ref()
+                            .is_none_or(|b| view.answering_body.to_lowercase() == *b)
+                        && member
+                            .as_ref()
+                            .is_none_or(|m| view.asking_member.to_lowercase() == *m)
+                        && filter
+                            .topic
+                            .as_ref()
+                            .is_none_or(|t| view.topics.contains(t))
+                        && filter
+                            .force
+                            .as_ref()
+                            .is_none_or(|f| view.forces.contains(f));
+                    Ok(matches.then_some(view))
+                })();
+                result.transpose()
+            })
     }
 
     /// Statistics for a force (by id), optionally only measures containing `measure`.
@@ -623,10 +657,9 @@ impl Views {
         };
         let mut seqs = Vec::new();
         for entry in self.tree.scan_prefix(p) {
-            let (k, _) = entry?;
-            let text = String::from_utf8_lossy(&k).into_owned();
-            if let Some(seq) = text.rsplit(SEP).next().and_then(|s| s.parse().ok()) {
-                seqs.push(seq);
+            let (k, block) = entry?;
+            for posting in postings::entries(&k, &block) {
+                seqs.push(posting?.seq);
             }
         }
         seqs.sort_unstable();
