@@ -12,14 +12,15 @@
 //! | `o` block | posting block of (latest seq, question): recency order |
 //! | `b` body (lower case) block, `m` member (lower case) block, `t` topic block, `f` force block | posting block of (latest seq, question) |
 //! | `a` api-id (20 digits) | question (only when the question is not keyed `api:` + that id) |
-//! | `s` force measure period question table row | [`StatRow`] JSON |
+//! | `s` force block | posting block of (seq, the [`StatRow`]s that answer gives for the force, JSON) |
 //! | `k` flag-kind block | posting block of flag seqs: flags by kind |
 //! | `d` group question | [`DuplicateMember`] JSON |
-//! | `x` question | the statistics keys the question's current content owns (removed on revision; only when it has any) |
 //! | `\0format` | the layout version (views without it are rebuilt) |
 //!
 //! A block is a sequence number divided by [`postings::BLOCK`], as 20 digits; a posting block
 //! holds the entries of its index value whose seq falls in it (see [`postings`]).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +35,10 @@ mod postings;
 
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-/// The views' layout: "4" keeps the indexes in posting blocks ("3" had a key per entry). Views
-/// without this marker are rebuilt.
+/// The views' layout: "5" keeps the indexes and statistics rows in posting blocks ("3" had a
+/// key per entry, "4" blocks of indexes only). Views without this marker are rebuilt.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"4";
+const FORMAT: &[u8] = b"5";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 
@@ -76,6 +77,9 @@ pub struct QuestionView {
     pub history: Vec<HistoryEntry>,
     pub topics: Vec<String>,
     pub forces: Vec<String>,
+    /// The forces its statistics rows are about (where its rows are stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stat_forces: Vec<String>,
     /// Sequence numbers of the flags raised about this question.
     pub flags: Vec<u64>,
 }
@@ -322,50 +326,51 @@ fn apply_answer(
     let q = question.as_str();
     let qkey = key(&["q", q]);
     let previous = state.get_json::<QuestionView>(&qkey)?;
-    // The previous content's index entries go; the new content's come. The view names all of
-    // them but the statistics rows, which are listed under `x` (only for answers that have
-    // any: most have none, and a key fewer per answer is a good part of what sled costs here).
+    // The previous content's index entries and statistics go; the new content's come. The
+    // view names all of them.
     if let Some(view) = &previous {
         for k in index_keys(view) {
             state.modify(k.clone(), |b| postings::remove(&k, b, view.latest_seq, q))?;
+        }
+        for k in stat_keys(view) {
+            state.modify(k.clone(), |b| postings::remove_seq(&k, b, view.latest_seq))?;
         }
         if let Some(k) = api_id_key(view) {
             state.remove(k);
         }
     }
-    let owned_key = key(&["x", q]);
-    if let Some(owned) = state.get_json::<Vec<String>>(&owned_key)? {
-        for k in owned {
-            state.remove(k.into_bytes());
-        }
-        state.remove(owned_key.clone());
-    }
     let api = record.api.as_ref();
     let topic_names = matching_topics(topics, record);
     let force_ids: Vec<String> = record.forces.iter().map(|f| f.id.clone()).collect();
     let seq = envelope.seq;
-    let mut stat_keys: Vec<String> = Vec::new();
+    // Per force, the rows in the order of the statistics query; a row repeating another's
+    // place (measure, period, table, row) replaces it.
+    type Place = (String, String, usize, usize);
+    let mut by_force: BTreeMap<String, BTreeMap<Place, StatRow>> = BTreeMap::new();
     for stat in stats::statistics(record) {
-        let k = key(&[
-            "s",
-            &stat.force_id,
-            &stats::normalise_measure(&stat.measure),
-            &stat.period,
-            q,
-            &format!("{:03}", stat.table),
-            &format!("{:05}", stat.row),
-        ]);
-        let row = StatRow {
-            stat,
-            question: question.clone(),
-            seq,
-        };
-        stat_keys.push(String::from_utf8_lossy(&k).into_owned());
-        state.put(k, serde_json::to_vec(&row).unwrap_or_default());
+        let place = (
+            stats::normalise_measure(&stat.measure),
+            stat.period.clone(),
+            stat.table,
+            stat.row,
+        );
+        by_force.entry(stat.force_id.clone()).or_default().insert(
+            place,
+            StatRow {
+                stat,
+                question: question.clone(),
+                seq,
+            },
+        );
     }
-    if !stat_keys.is_empty() {
-        state.put_json(owned_key, &stat_keys);
+    let block = seq_text(postings::block_of(seq));
+    for (force, rows) in &by_force {
+        let rows: Vec<&StatRow> = rows.values().collect();
+        let payload = serde_json::to_string(&rows).unwrap_or_default();
+        let k = key(&["s", force, &block]);
+        state.modify(k.clone(), |b| postings::insert(&k, b, seq, &payload))?;
     }
+    let stat_forces: Vec<String> = by_force.into_keys().collect();
 
     let mut history = previous
         .as_ref()
@@ -390,6 +395,7 @@ fn apply_answer(
         history,
         topics: topic_names,
         forces: force_ids,
+        stat_forces,
         flags: previous.map(|v| v.flags).unwrap_or_default(),
     };
     for k in index_keys(&view) {
@@ -418,6 +424,15 @@ fn index_keys(view: &QuestionView) -> Vec<Vec<u8>> {
         keys.push(key(&["f", force, &block]));
     }
     keys
+}
+
+/// The statistics blocks a question's view has an entry in: one per force its rows are about.
+fn stat_keys(view: &QuestionView) -> Vec<Vec<u8>> {
+    let block = seq_text(postings::block_of(view.latest_seq));
+    view.stat_forces
+        .iter()
+        .map(|force| key(&["s", force, &block]))
+        .collect()
 }
 
 /// The API id's key (`a`, valued with the question), only when the question's key is not
@@ -559,7 +574,7 @@ impl Views {
                 };
                 postings::entries(&k, &block)
                     .map(|p| {
-                        p.map(|p| (p.seq, p.question.to_string()))
+                        p.map(|p| (p.seq, p.payload.to_string()))
                             .map_err(ProjectError::from)
                     })
                     .collect()
@@ -591,42 +606,90 @@ impl Views {
             })
     }
 
-    /// Statistics for a force (by id), optionally only measures containing `measure`.
+    /// Statistics for a force (by id), optionally only measures containing `measure`, ordered
+    /// by measure, period, question, table and row. Holds one force's rows at a time.
     pub fn stats<'a>(
         &'a self,
         force_id: &str,
         measure: Option<&'a str>,
     ) -> impl Iterator<Item = Result<StatRow, ProjectError>> + 'a {
         let measure = measure.map(|m| m.to_lowercase());
-        self.tree
-            .scan_prefix(prefix(&["s", force_id]))
-            .filter_map(move |entry| {
-                let row = entry.map_err(ProjectError::from).and_then(|(k, v)| {
-                    serde_json::from_slice::<StatRow>(&v).map_err(|e| {
-                        ProjectError::Overlay(OverlayError::Decode {
-                            key: String::from_utf8_lossy(&k).into_owned(),
-                            why: e.to_string(),
-                        })
-                    })
-                });
-                match (&row, &measure) {
-                    (Ok(r), Some(m)) if !r.stat.measure.to_lowercase().contains(m.as_str()) => None,
-                    _ => Some(row),
-                }
-            })
+        let rows = self.force_rows(&prefix(&["s", force_id]));
+        let rows = match rows {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        };
+        rows.into_iter().filter(move |row| match (row, &measure) {
+            (Ok(r), Some(m)) => r.stat.measure.to_lowercase().contains(m.as_str()),
+            _ => true,
+        })
     }
 
-    /// Every statistic, force by force.
+    /// Every statistic, force by force (each force's rows as [`Views::stats`] orders them).
     pub fn all_stats(&self) -> impl Iterator<Item = Result<StatRow, ProjectError>> + '_ {
-        self.tree.scan_prefix(prefix(&["s"])).map(|entry| {
-            let (k, v) = entry?;
-            serde_json::from_slice::<StatRow>(&v).map_err(|e| {
-                ProjectError::Overlay(OverlayError::Decode {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    why: e.to_string(),
-                })
+        // Forces in key order, found by skipping past each force's blocks.
+        let mut next_from = prefix(&["s"]);
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let found = self.tree.range(next_from.clone()..).next();
+            let force = match found {
+                Some(Ok((k, _))) if k.starts_with(&prefix(&["s"])) => {
+                    let text = String::from_utf8_lossy(&k).into_owned();
+                    text.split(SEP).nth(1).unwrap_or_default().to_string()
+                }
+                Some(Err(e)) => {
+                    done = true;
+                    return Some(vec![Err(ProjectError::from(e))]);
+                }
+                _ => return None,
+            };
+            let force_prefix = prefix(&["s", &force]);
+            next_from = force_prefix.clone();
+            next_from.push(0xff);
+            Some(match self.force_rows(&force_prefix) {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    done = true;
+                    vec![Err(e)]
+                }
             })
         })
+        .flatten()
+    }
+
+    /// The rows of the statistics blocks under `force_prefix`, in the statistics order.
+    fn force_rows(&self, force_prefix: &[u8]) -> Result<Vec<StatRow>, ProjectError> {
+        let mut rows = Vec::new();
+        for entry in self.tree.scan_prefix(force_prefix) {
+            let (k, block) = entry?;
+            for posting in postings::entries(&k, &block) {
+                let payload = posting?.payload;
+                let decoded: Vec<StatRow> = serde_json::from_str(payload).map_err(|e| {
+                    ProjectError::Overlay(OverlayError::Decode {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        why: e.to_string(),
+                    })
+                })?;
+                rows.extend(decoded);
+            }
+        }
+        let mut keyed: Vec<_> = rows
+            .into_iter()
+            .map(|r| (stats::normalise_measure(&r.stat.measure), r))
+            .collect();
+        keyed.sort_by(|(ma, a), (mb, b)| {
+            (ma, &a.stat.period, &a.question.0, a.stat.table, a.stat.row).cmp(&(
+                mb,
+                &b.stat.period,
+                &b.question.0,
+                b.stat.table,
+                b.stat.row,
+            ))
+        });
+        Ok(keyed.into_iter().map(|(_, r)| r).collect())
     }
 
     /// How many events of each kind the log holds (as far as the views have read it).

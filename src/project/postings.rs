@@ -1,7 +1,9 @@
-//! Posting blocks: the views' indexes (recency, body, member, topic, force, flags by kind) as a
-//! few sled values instead of a key per entry.
+//! Posting blocks: the views' indexes (recency, body, member, topic, force, flags by kind) and
+//! statistics rows as a few sled values instead of a key per entry.
 //!
-//! An index entry is a `(seq, question)` pair: the question's latest content event, or a flag.
+//! An entry is a `(seq, payload)` pair. In an index the seq is a question's latest content event
+//! (or a flag) and the payload the question; for statistics, the payload is the rows one
+//! answer gives for one force. One seq has at most one entry in a block.
 //! Entries are grouped by index value and by *block*, the sequence number divided by
 //! [`BLOCK`], and each block is one value holding its entries in sequence order. A block's
 //! content is a function of which entries exist, never of the order or batching in which they
@@ -12,8 +14,8 @@
 //! indexes were over half the views' keys (about five per answer). A batch of 1,000 answers now
 //! edits a few hundred block values instead of writing five thousand keys.
 //!
-//! Encoding of a block: entries one after another, each the question's UTF-8 bytes, their
-//! length (2 bytes, big-endian) and `seq` (8 bytes, big-endian). Flag blocks carry no question
+//! Encoding of a block: entries one after another, each the payload's UTF-8 bytes, their
+//! length (4 bytes, big-endian) and `seq` (8 bytes, big-endian). Flag blocks carry no payload
 //! (length 0). The block reads backward from its end: newest first, which is what queries want,
 //! and a new entry (almost always the newest) is added after a look at the last one only.
 
@@ -25,7 +27,7 @@ pub const BLOCK: u64 = 1024;
 #[cfg(test)]
 pub const BLOCK: u64 = 4;
 
-const TRAILER: usize = 10;
+const TRAILER: usize = 12;
 
 pub fn block_of(seq: u64) -> u64 {
     seq / BLOCK
@@ -35,7 +37,7 @@ pub fn block_of(seq: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Posting<'a> {
     pub seq: u64,
-    pub question: &'a str,
+    pub payload: &'a str,
 }
 
 /// The entries of a block, newest (highest seq) first; an entry that does not decode is an
@@ -80,18 +82,18 @@ impl<'a> Iterator for Entries<'a> {
         let Some((head, trailer)) = self.rest.split_last_chunk::<TRAILER>() else {
             return self.error("posting block cut short in an entry's trailer");
         };
-        let (len, seq) = trailer.split_at(2);
-        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        let (len, seq) = trailer.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
         let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
         let Some(start) = head.len().checked_sub(len) else {
-            return self.error("posting block cut short in an entry's question");
+            return self.error("posting block cut short in an entry's payload");
         };
-        let (rest, question) = head.split_at(start);
-        let Ok(question) = std::str::from_utf8(question) else {
-            return self.error("posting block holds a question that is not UTF-8");
+        let (rest, payload) = head.split_at(start);
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return self.error("posting block holds a payload that is not UTF-8");
         };
         self.rest = rest;
-        Some(Ok(Posting { seq, question }))
+        Some(Ok(Posting { seq, payload }))
     }
 }
 
@@ -101,7 +103,7 @@ pub fn insert(
     key: &[u8],
     block: &mut Vec<u8>,
     seq: u64,
-    question: &str,
+    payload: &str,
 ) -> Result<(), OverlayError> {
     let mut at = 0;
     let mut newest_first = entries(key, &block[..]);
@@ -111,25 +113,25 @@ pub fn insert(
             None => break,
             Some(entry) => {
                 let entry = entry?;
-                if entry.seq == seq && entry.question == question {
+                if entry.seq == seq && entry.payload == payload {
                     return Ok(());
                 }
-                if entry.seq < seq || (entry.seq == seq && entry.question < question) {
+                if entry.seq < seq || (entry.seq == seq && entry.payload < payload) {
                     at = end;
                     break;
                 }
             }
         }
     }
-    let len = u16::try_from(question.len()).map_err(|_| OverlayError::Decode {
+    let len = u32::try_from(payload.len()).map_err(|_| OverlayError::Decode {
         key: String::from_utf8_lossy(key).into_owned(),
         why: format!(
-            "question key of {} bytes is too long to index",
-            question.len()
+            "an entry of {} bytes is too long for a block",
+            payload.len()
         ),
     })?;
-    let mut encoded = Vec::with_capacity(question.len() + TRAILER);
-    encoded.extend_from_slice(question.as_bytes());
+    let mut encoded = Vec::with_capacity(payload.len() + TRAILER);
+    encoded.extend_from_slice(payload.as_bytes());
     encoded.extend_from_slice(&len.to_be_bytes());
     encoded.extend_from_slice(&seq.to_be_bytes());
     block.splice(at..at, encoded);
@@ -141,7 +143,7 @@ pub fn remove(
     key: &[u8],
     block: &mut Vec<u8>,
     seq: u64,
-    question: &str,
+    payload: &str,
 ) -> Result<(), OverlayError> {
     let mut newest_first = entries(key, &block[..]);
     let mut found = None;
@@ -151,7 +153,33 @@ pub fn remove(
             None => break,
             Some(entry) => {
                 let entry = entry?;
-                if entry.seq == seq && entry.question == question {
+                if entry.seq == seq && entry.payload == payload {
+                    found = Some(newest_first.end()..end);
+                    break;
+                }
+                if entry.seq < seq {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(range) = found {
+        block.drain(range);
+    }
+    Ok(())
+}
+
+/// Removes the entry of `seq`, whatever its payload.
+pub fn remove_seq(key: &[u8], block: &mut Vec<u8>, seq: u64) -> Result<(), OverlayError> {
+    let mut newest_first = entries(key, &block[..]);
+    let mut found = None;
+    loop {
+        let end = newest_first.end();
+        match newest_first.next() {
+            None => break,
+            Some(entry) => {
+                let entry = entry?;
+                if entry.seq == seq {
                     found = Some(newest_first.end()..end);
                     break;
                 }
@@ -174,7 +202,7 @@ mod tests {
 
     fn decoded(block: &[u8]) -> Vec<(u64, String)> {
         entries(b"k", block)
-            .map(|e| e.map(|p| (p.seq, p.question.to_string())).unwrap())
+            .map(|e| e.map(|p| (p.seq, p.payload.to_string())).unwrap())
             .collect()
     }
 

@@ -133,6 +133,18 @@ proptest! {
             .map(|kv| { let (k, b) = kv.unwrap(); postings::entries(&k, &b).count() })
             .sum();
         prop_assert_eq!(recency_entries, stored, "no entry left behind by a revision");
+        // Statistics rows belong to current content only, one force's rows together.
+        let mut pairs = std::collections::BTreeSet::new();
+        for row in views.all_stats() {
+            let row = row.unwrap();
+            let view = views.question(row.question.as_str()).unwrap().unwrap();
+            prop_assert_eq!(view.latest_seq, row.seq);
+            prop_assert!(view.stat_forces.contains(&row.stat.force_id));
+            let by_force: Vec<_> = views.stats(&row.stat.force_id, None).map(|r| r.unwrap()).collect();
+            prop_assert!(by_force.contains(&row));
+            pairs.insert((row.question.0.clone(), row.stat.force_id.clone()));
+        }
+        prop_assert_eq!(pairs.len(), all.iter().map(|v| v.stat_forces.len()).sum::<usize>());
         prop_assert!(all.windows(2).all(|w| w[0].latest_seq > w[1].latest_seq));
         let filters = BODIES.iter().map(|b| QuestionFilter { body: Some(b.to_uppercase()), ..QuestionFilter::default() })
             .chain((0..5).map(|q| QuestionFilter { member: Some(format!("member {q}")), ..QuestionFilter::default() }))
@@ -288,13 +300,17 @@ fn a_revision_moves_the_question_between_index_entries() {
     assert!(by(force).is_empty());
     assert_eq!(views.stats(&kent, None).count(), 0);
     let tree = log.db().open_tree(TREE).unwrap();
-    assert!(tree.get(key(&["x", "api:77"])).unwrap().is_none());
+    assert_eq!(
+        tree.scan_prefix(prefix(&["s"])).count(),
+        0,
+        "no statistics block left behind by the revision"
+    );
     let recency: Vec<(u64, String)> = tree
         .scan_prefix(prefix(&["o"]))
         .flat_map(|kv| {
             let (k, block) = kv.unwrap();
             postings::entries(&k, &block)
-                .map(|p| p.map(|p| (p.seq, p.question.to_string())).unwrap())
+                .map(|p| p.map(|p| (p.seq, p.payload.to_string())).unwrap())
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -350,7 +366,8 @@ fn a_damaged_index_block_is_reported_and_rebuild_replaces_it() {
         .find_map(|v| v.err())
         .expect("the damaged block is reported");
     assert!(
-        err.to_string().contains(&String::from_utf8_lossy(&k).into_owned()),
+        err.to_string()
+            .contains(&String::from_utf8_lossy(&k).into_owned()),
         "{err}"
     );
     let (_, after, _) = crate::pipeline::rebuild_views(&mut log, &config).unwrap();
