@@ -17,8 +17,9 @@
 //! | `d` group question | [`DuplicateMember`] JSON |
 //! | `\0format` | the layout version (views without it are rebuilt) |
 //!
-//! A block is a sequence number divided by [`postings::BLOCK`], as 20 digits; a posting block
-//! holds the entries of its index value whose seq falls in it (see [`postings`]).
+//! A block is a sequence number divided by [`postings::BLOCK`] ([`postings::MEMBER_BLOCK`] for
+//! `m`), as 20 digits; a posting block holds the entries of its index value whose seq falls in
+//! it (see [`postings`]).
 
 use std::collections::BTreeMap;
 
@@ -35,10 +36,11 @@ mod postings;
 
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-/// The views' layout: "5" keeps the indexes and statistics rows in posting blocks ("3" had a
-/// key per entry, "4" blocks of indexes only). Views without this marker are rebuilt.
+/// The views' layout: "6" keeps the indexes and statistics rows in posting blocks, members' in
+/// wider ones ("3" had a key per entry, "4" blocks of indexes only, "5" member blocks as narrow
+/// as the others). Views without this marker are rebuilt.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"5";
+const FORMAT: &[u8] = b"6";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 
@@ -412,10 +414,11 @@ fn apply_answer(
 /// (`o`), body, member, topics and forces, each in the block of its latest seq.
 fn index_keys(view: &QuestionView) -> Vec<Vec<u8>> {
     let block = seq_text(postings::block_of(view.latest_seq));
+    let member_block = seq_text(postings::member_block_of(view.latest_seq));
     let mut keys = vec![
         key(&["o", &block]),
         key(&["b", &view.answering_body.to_lowercase(), &block]),
-        key(&["m", &view.asking_member.to_lowercase(), &block]),
+        key(&["m", &view.asking_member.to_lowercase(), &member_block]),
     ];
     for topic in &view.topics {
         keys.push(key(&["t", topic, &block]));
