@@ -157,32 +157,20 @@ pub fn remove(
     seq: u64,
     payload: &str,
 ) -> Result<(), OverlayError> {
-    let mut newest_first = entries(key, &block[..]);
-    let mut found = None;
-    loop {
-        let end = newest_first.end();
-        match newest_first.next() {
-            None => break,
-            Some(entry) => {
-                let entry = entry?;
-                if entry.seq == seq && entry.payload == payload {
-                    found = Some(newest_first.end()..end);
-                    break;
-                }
-                if entry.seq < seq {
-                    break;
-                }
-            }
-        }
-    }
-    if let Some(range) = found {
-        block.drain(range);
-    }
-    Ok(())
+    remove_where(key, block, seq, |p| p == payload)
 }
 
 /// Removes the entry of `seq`, whatever its payload.
 pub fn remove_seq(key: &[u8], block: &mut Vec<u8>, seq: u64) -> Result<(), OverlayError> {
+    remove_where(key, block, seq, |_| true)
+}
+
+fn remove_where(
+    key: &[u8],
+    block: &mut Vec<u8>,
+    seq: u64,
+    matches: impl Fn(&str) -> bool,
+) -> Result<(), OverlayError> {
     let mut newest_first = entries(key, &block[..]);
     let mut found = None;
     loop {
@@ -191,7 +179,7 @@ pub fn remove_seq(key: &[u8], block: &mut Vec<u8>, seq: u64) -> Result<(), Overl
             None => break,
             Some(entry) => {
                 let entry = entry?;
-                if entry.seq == seq {
+                if entry.seq == seq && matches(entry.payload) {
                     found = Some(newest_first.end()..end);
                     break;
                 }
