@@ -142,6 +142,16 @@ proptest! {
             prop_assert!(view.stat_forces.contains(&row.stat.force_id));
             let by_force: Vec<_> = views.stats(&row.stat.force_id, None).map(|r| r.unwrap()).collect();
             prop_assert!(by_force.contains(&row));
+            // In the order the statistics query has always given: measure, period, question,
+            // table, row.
+            let order = |r: &StatRow| (
+                crate::stats::normalise_measure(&r.stat.measure),
+                r.stat.period.clone(),
+                r.question.0.clone(),
+                r.stat.table,
+                r.stat.row,
+            );
+            prop_assert!(by_force.windows(2).all(|w| order(&w[0]) < order(&w[1])));
             pairs.insert((row.question.0.clone(), row.stat.force_id.clone()));
         }
         prop_assert_eq!(pairs.len(), all.iter().map(|v| v.stat_forces.len()).sum::<usize>());
