@@ -77,11 +77,6 @@ impl<'a> Entries<'a> {
             why: why.to_string(),
         }))
     }
-
-    /// Bytes of the block before the entry `next` returns next (where an entry goes after it).
-    fn end(&self) -> usize {
-        self.rest.len()
-    }
 }
 
 impl<'a> Iterator for Entries<'a> {
@@ -109,6 +104,20 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
+/// [`entries`] with where each lies in the block: what adding and removing entries edit.
+fn located<'a>(
+    key: &'a [u8],
+    block: &'a [u8],
+) -> impl Iterator<Item = Result<(std::ops::Range<usize>, Posting<'a>), OverlayError>> + 'a {
+    let mut newest_first = entries(key, block);
+    std::iter::from_fn(move || {
+        // The entry `next` returns ends where the unread bytes end.
+        let end = newest_first.rest.len();
+        let entry = newest_first.next()?;
+        Some(entry.map(|posting| (newest_first.rest.len()..end, posting)))
+    })
+}
+
 /// Adds an entry, keeping sequence order; an entry already there is not added twice. Entries
 /// usually come newest, so this looks at the last entry and appends.
 pub fn insert(
@@ -118,21 +127,14 @@ pub fn insert(
     payload: &str,
 ) -> Result<(), OverlayError> {
     let mut at = 0;
-    let mut newest_first = entries(key, &block[..]);
-    loop {
-        let end = newest_first.end();
-        match newest_first.next() {
-            None => break,
-            Some(entry) => {
-                let entry = entry?;
-                if entry.seq == seq && entry.payload == payload {
-                    return Ok(());
-                }
-                if entry.seq < seq || (entry.seq == seq && entry.payload < payload) {
-                    at = end;
-                    break;
-                }
-            }
+    for entry in located(key, block) {
+        let (range, entry) = entry?;
+        if entry.seq == seq && entry.payload == payload {
+            return Ok(());
+        }
+        if entry.seq < seq || (entry.seq == seq && entry.payload < payload) {
+            at = range.end;
+            break;
         }
     }
     let len = u32::try_from(payload.len()).map_err(|_| OverlayError::Decode {
@@ -171,22 +173,15 @@ fn remove_where(
     seq: u64,
     matches: impl Fn(&str) -> bool,
 ) -> Result<(), OverlayError> {
-    let mut newest_first = entries(key, &block[..]);
     let mut found = None;
-    loop {
-        let end = newest_first.end();
-        match newest_first.next() {
-            None => break,
-            Some(entry) => {
-                let entry = entry?;
-                if entry.seq == seq && matches(entry.payload) {
-                    found = Some(newest_first.end()..end);
-                    break;
-                }
-                if entry.seq < seq {
-                    break;
-                }
-            }
+    for entry in located(key, block) {
+        let (range, entry) = entry?;
+        if entry.seq == seq && matches(entry.payload) {
+            found = Some(range);
+            break;
+        }
+        if entry.seq < seq {
+            break;
         }
     }
     if let Some(range) = found {
