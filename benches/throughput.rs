@@ -190,7 +190,7 @@ fn main() {
     let started = Instant::now();
     // As `fetch --once` and the daemon run it: flags and views derived on a second thread while
     // pages arrive.
-    let follower = answerfeed::pipeline::Follower::start(&log, &config);
+    let follower = answerfeed::pipeline::Follower::start(&mut log, &config);
     let (cycle, result) = runtime.block_on(fetch::run_cycle(
         &mut log,
         &client,

@@ -174,7 +174,32 @@ pub struct DiffConsumer<'s> {
     checkpoint: u64,
     /// Loaded on first need: a run with no new answers never reads it.
     lsh: Option<LshIndex>,
+    /// Analysed, not yet committed (see [`DiffConsumer::prepare`]).
+    prepared: Option<Prepared>,
     report: DiffReport,
+}
+
+/// Flags as the observations that append them.
+fn flag_observations(flags: &[Flag]) -> Vec<Observation> {
+    flags
+        .iter()
+        .map(|flag| Observation {
+            source: Source {
+                uri: format!("diff:event/{}", flag.derived_from),
+                position: None,
+                line: None,
+            },
+            payload: Payload::Flag(Box::new(flag.clone())),
+        })
+        .collect()
+}
+
+/// A batch's flags and state writes, held between `prepare` and `commit`.
+struct Prepared {
+    flags: Vec<Flag>,
+    state: sled::Batch,
+    last: u64,
+    events: u64,
 }
 
 impl<'s> DiffConsumer<'s> {
@@ -198,6 +223,7 @@ impl<'s> DiffConsumer<'s> {
             tree,
             checkpoint,
             lsh: None,
+            prepared: None,
             report: DiffReport {
                 checkpoint,
                 ..DiffReport::default()
@@ -213,14 +239,39 @@ impl<'s> DiffConsumer<'s> {
     /// commits the state and the checkpoint in one write. On error the in-memory index is
     /// dropped (it may be ahead of what was committed) and is loaded again on next use.
     pub fn apply(&mut self, log: &mut EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
-        let result = self.apply_inner(log, batch);
+        self.prepare(log, batch)?;
+        self.commit(log)
+    }
+
+    /// The first half of [`DiffConsumer::apply`]: analyses the batch and holds its flags and
+    /// state until [`DiffConsumer::commit`], so that a caller can choose where in the log the
+    /// flags go. Nothing is written; the analysis of a later batch must wait for the commit.
+    pub fn prepare(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
+        let result = self.prepare_inner(log, batch);
+        if result.is_err() {
+            self.lsh = None;
+            self.prepared = None;
+        }
+        result
+    }
+
+    /// Appends the prepared flags, then commits the state and the checkpoint (the flags first:
+    /// after a crash between the two the batch is analysed again, and appending the same flags
+    /// again appends nothing).
+    pub fn commit(&mut self, log: &mut EventLog) -> Result<(), DiffError> {
+        let result = self.commit_inner(log);
         if result.is_err() {
             self.lsh = None;
         }
         result
     }
 
-    fn apply_inner(&mut self, log: &mut EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
+    fn prepare_inner(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
+        if self.prepared.is_some() {
+            return Err(DiffError::State(
+                "a batch was analysed before the previous one was committed".into(),
+            ));
+        }
         let events: Vec<&Envelope> = batch.iter().filter(|e| e.seq > self.checkpoint).collect();
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
@@ -237,26 +288,6 @@ impl<'s> DiffConsumer<'s> {
                 &mut flags,
             )?;
         }
-        self.report.events_read += events.len() as u64;
-        if !flags.is_empty() {
-            let observations: Vec<Observation> = flags
-                .into_iter()
-                .map(|flag: Flag| Observation {
-                    source: Source {
-                        uri: format!("diff:event/{}", flag.derived_from),
-                        position: None,
-                        line: None,
-                    },
-                    payload: Payload::Flag(Box::new(flag)),
-                })
-                .collect();
-            let appended = log.append(observations, &crate::ingest::now_rfc3339())?;
-            self.report.flags_raised += appended
-                .outcomes
-                .iter()
-                .filter(|o| matches!(o, Appended::New { .. }))
-                .count() as u64;
-        }
         let mut extra: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (CHECKPOINT.to_vec(), last.to_be_bytes().to_vec()),
             (FORMAT_KEY.to_vec(), FORMAT.to_vec()),
@@ -268,9 +299,38 @@ impl<'s> DiffConsumer<'s> {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.clone()))
             .collect();
-        self.tree.apply_batch(overlay.into_batch(&extra))?;
-        self.checkpoint = last;
-        self.report.checkpoint = last;
+        self.prepared = Some(Prepared {
+            flags,
+            state: overlay.into_batch(&extra),
+            last,
+            events: events.len() as u64,
+        });
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, log: &mut EventLog) -> Result<(), DiffError> {
+        let Some(prepared) = self.prepared.take() else {
+            return Ok(());
+        };
+        if !prepared.flags.is_empty() {
+            let appended = log.append(
+                flag_observations(&prepared.flags),
+                &crate::ingest::now_rfc3339(),
+            )?;
+            self.report.flags_raised += appended
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o, Appended::New { .. }))
+                .count() as u64;
+        }
+        self.commit_state(prepared)
+    }
+
+    fn commit_state(&mut self, prepared: Prepared) -> Result<(), DiffError> {
+        self.tree.apply_batch(prepared.state)?;
+        self.report.events_read += prepared.events;
+        self.checkpoint = prepared.last;
+        self.report.checkpoint = prepared.last;
         Ok(())
     }
 

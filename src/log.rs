@@ -203,10 +203,18 @@ impl Default for StoreOptions {
     }
 }
 
+/// Something that must happen between the appends made through one handle: `before_append`
+/// runs before an append takes the writer mutex (it may wait), `appended` once an append's new
+/// events are on disk, with the last sequence number they took. The pipeline uses it to keep
+/// the diff module just behind a fetch or an ingest, with its flags at fixed places in the log.
+pub trait AppendGate: Send + Sync {
+    fn before_append(&self);
+    fn appended(&self, last_seq: u64);
+}
+
 /// The log. Clones share the same open database, lock and writer mutex: the fetcher and the
 /// derive thread (whose diff module appends flags) may append from two threads, and sequence
-/// numbers are assigned under the mutex.
-#[derive(Clone)]
+/// numbers are assigned under the mutex. A handle's [`AppendGate`] is its own: clones have none.
 pub struct EventLog {
     dir: PathBuf,
     db: sled::Db,
@@ -218,6 +226,24 @@ pub struct EventLog {
     _lock: Arc<File>,
     /// Held while an append reads the head and writes after it.
     writer: Arc<std::sync::Mutex<()>>,
+    gate: Option<Arc<dyn AppendGate>>,
+}
+
+impl Clone for EventLog {
+    fn clone(&self) -> Self {
+        EventLog {
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            tree: self.tree.clone(),
+            min_free_bytes: self.min_free_bytes,
+            poisoned: Arc::clone(&self.poisoned),
+            _lock: Arc::clone(&self._lock),
+            writer: Arc::clone(&self.writer),
+            // The gate orders this handle's appends against another thread's; that thread
+            // appends through a clone, which must not wait for itself.
+            gate: None,
+        }
+    }
 }
 
 impl Drop for EventLog {
@@ -270,7 +296,13 @@ impl EventLog {
             poisoned: Arc::new(AtomicBool::new(false)),
             _lock: Arc::new(lock),
             writer: Arc::new(std::sync::Mutex::new(())),
+            gate: None,
         })
+    }
+
+    /// Sets (or, with `None`, removes) this handle's [`AppendGate`].
+    pub fn set_gate(&mut self, gate: Option<Arc<dyn AppendGate>>) {
+        self.gate = gate;
     }
 
     /// Refuses a write of about `bytes` that would leave less than the configured free space on
@@ -337,6 +369,26 @@ impl EventLog {
     /// Appends the observations that are not already in the log, atomically, and returns only
     /// once they are on disk. `recorded_at` is the RFC 3339 time written into the new envelopes.
     pub fn append(
+        &mut self,
+        observations: Vec<Observation>,
+        recorded_at: &str,
+    ) -> Result<AppendReport, LogError> {
+        let Some(gate) = self.gate.clone() else {
+            return self.append_batch(observations, recorded_at);
+        };
+        gate.before_append();
+        let report = self.append_batch(observations, recorded_at)?;
+        let last_seq = report.outcomes.iter().rev().find_map(|o| match o {
+            Appended::New { seq, .. } => Some(*seq),
+            Appended::Known { .. } => None,
+        });
+        if let Some(last_seq) = last_seq {
+            gate.appended(last_seq);
+        }
+        Ok(report)
+    }
+
+    fn append_batch(
         &mut self,
         observations: Vec<Observation>,
         recorded_at: &str,
@@ -473,6 +525,15 @@ impl EventLog {
         mut apply: impl FnMut(Vec<Envelope>) -> Result<(), E>,
     ) -> Result<(), E> {
         if from > upto {
+            return Ok(());
+        }
+        if upto - from < limit as u64 {
+            // One batch at most (the diff module following appends reads one page at a time):
+            // no reader thread to start.
+            let batch = self.read_batch(from, upto, limit)?;
+            if !batch.is_empty() {
+                apply(batch)?;
+            }
             return Ok(());
         }
         std::thread::scope(|scope| {

@@ -303,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             // Flags and views are derived on a second thread while the files go in.
-            let follower = answerfeed::pipeline::Follower::start(&log, &config);
+            let follower = answerfeed::pipeline::Follower::start(&mut log, &config);
             let ingested = commands::ingest(&mut log, &files, options, cli.json, &mut out);
             let derived = follower.finish()?;
             ingested?;
@@ -435,7 +435,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: true,
             };
             // Flags and views are derived on a second thread while pages arrive.
-            let follower = answerfeed::pipeline::Follower::start(&log, &config);
+            let follower = answerfeed::pipeline::Follower::start(&mut log, &config);
             let outcome = runtime()?.block_on(async {
                 let shutdown = Shutdown::new();
                 shutdown.install_signal_handlers()?;

@@ -1,14 +1,16 @@
 //! What runs after new events reach the log: the diff module (which may append flags), the
 //! projections and the alert outbox (which queues emails; sending them is `alert::deliver`, run
 //! by the daemon and `alerts send`). `derive` runs the diff module on its own thread beside the
-//! views and the outbox, then lets those apply the flags; `Follower` keeps the views and the
-//! outbox up with the log while a fetch or an ingest appends. Each stage resumes from its own
+//! views and the outbox, then lets those apply the flags; `Follower` keeps all three up with the
+//! log while a fetch or an ingest appends. Each stage resumes from its own
 //! checkpoint, so a crash anywhere is caught up by the next run.
 
 use crate::alert::{self, AlertError};
 use crate::config::Config;
-use crate::diff::{self, DiffError, DiffReport, DiffSettings};
-use crate::log::{EventLog, LogError};
+use std::sync::Arc;
+
+use crate::diff::{self, DiffConsumer, DiffError, DiffReport, DiffSettings};
+use crate::log::{AppendGate, EventLog, LogError};
 use crate::project::{self, ProjectError, ProjectReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +48,24 @@ impl DeriveReport {
     }
 }
 
-/// Keeps the views and the outbox up with the log on a thread of its own while the caller
-/// appends (a fetch cycle, an ingest), so that the two use both cores; [`Follower::finish`]
-/// then runs the diff module and derives what is left. The diff module is not run alongside
-/// because it appends flags: run after the appends, it puts them after the answers, so the same
-/// input always gives the same log, sequence numbers included, however the threads were timed.
+/// Derives while the caller appends (a fetch cycle, an ingest), so that the work uses both
+/// cores: the views and the outbox follow the log on one thread, and the diff module follows the
+/// caller's appends on another. [`Follower::finish`] then derives what is left.
+///
+/// The diff module appends flags, and where they land must not depend on how the threads were
+/// timed (the same input gives the same log, sequence numbers included). So it follows through
+/// the caller's handle's [`AppendGate`]: after each append the diff module is given that append's
+/// last event as its target, and the caller's next append waits until the diff module has
+/// reached it and appended its flags. The log reads: a page, its flags, the next page, its
+/// flags... and the diff module works on one page while the caller fetches and decodes the next.
 /// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
 /// state it would leave there.
 pub struct Follower {
     stop: Option<std::sync::mpsc::Sender<()>>,
     worker: Option<std::thread::JoinHandle<Result<DeriveReport, PipelineError>>>,
-    /// Used when the thread could not be started: everything is derived at the end instead.
+    gate: Option<Arc<DiffGate>>,
+    diff_worker: Option<std::thread::JoinHandle<Result<DiffReport, PipelineError>>>,
+    /// Used when the threads could not be started: everything is derived at the end instead.
     fallback: Option<(EventLog, Config)>,
 }
 
@@ -64,7 +73,28 @@ pub struct Follower {
 const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Follower {
-    pub fn start(log: &EventLog, config: &Config) -> Follower {
+    /// Starts following the appends made through `log` (this handle, not its clones).
+    pub fn start(log: &mut EventLog, config: &Config) -> Follower {
+        let fallback = || {
+            tracing::warn!("no derive thread; deriving after the append instead");
+            Follower {
+                stop: None,
+                worker: None,
+                gate: None,
+                diff_worker: None,
+                fallback: Some((log.clone(), config.clone())),
+            }
+        };
+        let gate = Arc::new(DiffGate::new());
+        let diff_log = log.clone();
+        let diff_gate = Arc::clone(&gate);
+        let settings = DiffSettings::new(&config.diff, &config.trackers);
+        let Ok(diff_worker) = std::thread::Builder::new()
+            .name("diff".into())
+            .spawn(move || follow_appends(diff_log, &settings, diff_gate))
+        else {
+            return fallback();
+        };
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let mut thread_log = log.clone();
         let thread_config = config.clone();
@@ -84,47 +114,195 @@ impl Follower {
                     total.absorb(derive_views(&thread_log, &thread_config, false)?);
                 }
             });
-        match spawned {
-            Ok(worker) => Follower {
-                stop: Some(stop),
-                worker: Some(worker),
-                fallback: None,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no derive thread; deriving after the append instead");
-                Follower {
-                    stop: None,
-                    worker: None,
-                    fallback: Some((log.clone(), config.clone())),
-                }
-            }
+        let Ok(worker) = spawned else {
+            gate.stop();
+            let _ = diff_worker.join();
+            return fallback();
+        };
+        log.set_gate(Some(Arc::clone(&gate) as Arc<dyn AppendGate>));
+        Follower {
+            stop: Some(stop),
+            worker: Some(worker),
+            gate: Some(gate),
+            diff_worker: Some(diff_worker),
+            fallback: None,
         }
     }
 
-    /// Stops following, derives up to the head, and returns what all runs did.
+    /// Stops following, derives up to the head, and returns what all runs did. The handle given
+    /// to `start` keeps a gate that no longer waits (the next `start` replaces it).
     pub fn finish(mut self) -> Result<DeriveReport, PipelineError> {
         if let Some((mut log, config)) = self.fallback.take() {
             return derive(&mut log, &config);
         }
+        // The diff module first: the final derive runs it again, from its checkpoint.
+        let diff = self.stop_diff();
         drop(self.stop.take());
-        match self.worker.take() {
+        let mut report = match self.worker.take() {
             Some(worker) => worker
                 .join()
-                .map_err(|_| PipelineError::Worker("it panicked".into()))?,
-            None => Ok(DeriveReport::default()),
+                .map_err(|_| PipelineError::Worker("it panicked".into()))??,
+            None => DeriveReport::default(),
+        };
+        let diff = diff?;
+        report.diff.events_read += diff.events_read;
+        report.diff.flags_raised += diff.flags_raised;
+        report.diff.checkpoint = report.diff.checkpoint.max(diff.checkpoint);
+        Ok(report)
+    }
+
+    fn stop_diff(&mut self) -> Result<DiffReport, PipelineError> {
+        if let Some(gate) = &self.gate {
+            gate.stop();
+        }
+        match self.diff_worker.take() {
+            Some(worker) => worker
+                .join()
+                .map_err(|_| PipelineError::Worker("the diff thread panicked".into()))?,
+            None => Ok(DiffReport::default()),
         }
     }
 }
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        // Dropped without `finish` (an error path): stop the thread and wait for it, so that it
-        // never outlives the caller's use of the data dir.
+        // Dropped without `finish` (an error path): stop the threads and wait for them, so that
+        // they never outlive the caller's use of the data dir.
+        let _ = self.stop_diff();
         drop(self.stop.take());
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
     }
+}
+
+/// Where the diff module following the appends is, shared by the appending thread and the diff
+/// thread.
+struct DiffGate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// The diff module is still reading what the log held when the follower started.
+    catching_up: bool,
+    /// The last event of each append whose flags are not in the log yet, oldest first.
+    appends: std::collections::VecDeque<u64>,
+    /// No more appends: the diff thread finishes what it was given and stops (or has stopped,
+    /// and nothing waits for it).
+    stopped: bool,
+}
+
+impl DiffGate {
+    fn new() -> DiffGate {
+        DiffGate {
+            state: std::sync::Mutex::new(GateState {
+                catching_up: true,
+                ..GateState::default()
+            }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state is plain values, valid whatever a panicking holder was doing.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait_while(
+        &self,
+        mut blocked: impl FnMut(&GateState) -> bool,
+    ) -> std::sync::MutexGuard<'_, GateState> {
+        let mut state = self.lock();
+        while blocked(&state) {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state
+    }
+
+    fn update(&self, change: impl FnOnce(&mut GateState)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.update(|state| state.stopped = true);
+    }
+
+    /// The oldest append whose flags are not in the log; `None` once stopped with none left.
+    fn next_append(&self) -> Option<u64> {
+        let state = self.wait_while(|s| s.appends.is_empty() && !s.stopped);
+        state.appends.front().copied()
+    }
+
+    /// Waits for the place where the oldest append's flags go: after the append that followed
+    /// it, or at the end.
+    fn wait_for_place(&self) {
+        drop(self.wait_while(|s| s.appends.len() < 2 && !s.stopped));
+    }
+}
+
+impl AppendGate for DiffGate {
+    /// An append waits while the flags of the append two before it are not in the log.
+    fn before_append(&self) {
+        drop(self.wait_while(|s| !s.stopped && (s.catching_up || s.appends.len() >= 2)));
+    }
+
+    fn appended(&self, last_seq: u64) {
+        self.update(|state| state.appends.push_back(last_seq));
+    }
+}
+
+/// The diff thread of a [`Follower`]. First it reads what the log held when it started (the
+/// appends wait). Then, for each append, it analyses that append's events while the next append
+/// is fetched and written; once that next append is in the log (or the follower is stopping) it
+/// appends the flags and commits, and only then may the append after it go ahead. So the log
+/// reads: page 1, page 2, page 1's flags, page 3, page 2's flags... the same whatever the
+/// timing. However the thread ends (an error, a panic), the gate is stopped so that no append
+/// waits for it.
+fn follow_appends(
+    mut log: EventLog,
+    settings: &DiffSettings,
+    gate: Arc<DiffGate>,
+) -> Result<DiffReport, PipelineError> {
+    struct StopOnExit(Arc<DiffGate>);
+    impl Drop for StopOnExit {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let _stop_on_exit = StopOnExit(Arc::clone(&gate));
+    let mut consumer = DiffConsumer::open(&log, settings)?;
+    let started_at = consumer.checkpoint();
+    let reader = log.clone();
+    let backlog = log.head()?;
+    reader.for_each_batch(consumer.checkpoint() + 1, backlog, BATCH, |batch| {
+        consumer.apply(&mut log, &batch)
+    })?;
+    gate.update(|state| state.catching_up = false);
+    while let Some(last) = gate.next_append() {
+        // One append's events (after the flags placed just before them), in one batch: its
+        // flags go in together.
+        let events = reader.read_batch(consumer.checkpoint() + 1, last, usize::MAX)?;
+        consumer.prepare(&log, &events)?;
+        gate.wait_for_place();
+        consumer.commit(&mut log)?;
+        gate.update(|state| {
+            state.appends.pop_front();
+        });
+    }
+    let wrote = consumer.checkpoint() != started_at;
+    let report = consumer.finish();
+    if wrote {
+        log.flush()?;
+    }
+    Ok(report)
 }
 
 /// Brings the views and the outbox (not the flags) up to the log's head: the part of
@@ -224,3 +402,6 @@ pub fn rebuild_views(
     derive(log, config)?;
     Ok(rebuilt)
 }
+
+#[cfg(test)]
+mod tests;

@@ -282,8 +282,10 @@ fn a_corrected_answer_appends_one_correction_with_the_original_text() {
         .unwrap()
         .contains("up to five years"));
     let previous = last["event"]["previous_seq"].as_u64().unwrap();
+    // Found by seq: flags sit between the answers.
+    let original = all.iter().find(|e| e["seq"] == previous).unwrap();
     assert_eq!(
-        all[previous as usize - 1]["event"]["record"]["api_id"],
+        original["event"]["record"]["api_id"],
         last["event"]["record"]["api_id"]
     );
     assert_eq!(report(&ok(fetch(&env, &server, &[])))["appended"], 0);
