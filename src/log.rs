@@ -3,15 +3,18 @@
 //! Stored in one sled tree so that an append (events and the indexes that make it idempotent) is
 //! one atomic `apply_batch`, flushed to disk before `append` returns. Keys:
 //!
-//! | key                                  | value                              |
-//! |--------------------------------------|------------------------------------|
-//! | `E` seq (u64 big-endian)             | `1` crc32 (BE) event JSON          |
-//! | `I` question-key `\0` content-hash   | seq of the event that first had it |
-//! | `H` question-key                     | seq (BE) and hash of the latest    |
+//! | key                                  | value                                            |
+//! |--------------------------------------|--------------------------------------------------|
+//! | `E` seq (u64 big-endian)             | `1` crc32 (BE) event JSON                        |
+//! | `Q` question-key                     | every content the question has had, oldest first: |
+//! |                                      | seq (BE), hash length (u16 BE), hash; the last is the latest |
+//! | `I` identity `\0` content-hash       | seq of the event that first had it (flags, alerts, quarantined records) |
 //!
 //! Events are never rewritten or deleted. Idempotency and revision detection are point lookups
-//! in the `I` and `H` indexes, never scans, so an append costs the same with ten events in the log
-//! or ten million. One process at a time may open a data dir: a lock file says who has it.
+//! in the `Q` and `I` indexes, never scans, so an append costs the same with ten events in the log
+//! or ten million. An answer costs two keys: its event and its question's entry (a question has
+//! one content, or a few when it is revised). One process at a time may open a data dir: a lock
+//! file says who has it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -24,6 +27,9 @@ use crate::event::{Envelope, Event, Observation, Payload, QuestionKey, SCHEMA_VE
 
 const EVENT_PREFIX: u8 = b'E';
 const IDENTITY_PREFIX: u8 = b'I';
+const QUESTION_PREFIX: u8 = b'Q';
+/// Data dirs written before the `Q` index kept an `I` key for every answer content too, and an
+/// `H` key per question with its latest: `upgrade_question_index` converts them on open.
 const HEAD_PREFIX: u8 = b'H';
 /// First byte of every stored event value; a different framing would get a different byte.
 const FRAME_V1: u8 = 1;
@@ -160,7 +166,7 @@ impl AppendReport {
     }
 }
 
-/// The latest content of one question, from the `H` index.
+/// The latest content of one question, from the `Q` index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuestionHead {
     pub question: QuestionKey,
@@ -288,7 +294,7 @@ impl EventLog {
                 error,
             })?;
         let tree = db.open_tree(TREE)?;
-        Ok(EventLog {
+        let log = EventLog {
             dir: dir.to_path_buf(),
             db,
             tree,
@@ -297,7 +303,76 @@ impl EventLog {
             _lock: Arc::new(lock),
             writer: Arc::new(std::sync::Mutex::new(())),
             gate: None,
-        })
+        };
+        log.upgrade_question_index()?;
+        Ok(log)
+    }
+
+    /// Converts a question index written before the `Q` keys (an `I` key per answer content and
+    /// an `H` key per question) into one `Q` key per question. Each question moves in one atomic
+    /// batch (its `Q` written, its `I` and `H` keys removed), so an upgrade cut short resumes
+    /// from the `H` keys left on the next open; events are not touched.
+    fn upgrade_question_index(&self) -> Result<(), LogError> {
+        if self.tree.scan_prefix([HEAD_PREFIX]).next().is_none() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut upgraded = 0u64;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut batch_bytes = 0u64;
+            let mut in_batch = 0u64;
+            for head in self.tree.scan_prefix([HEAD_PREFIX]).take(1000) {
+                let (head_key, _) = head?;
+                let question =
+                    QuestionKey(String::from_utf8(head_key[1..].to_vec()).map_err(|_| {
+                        LogError::Corrupt {
+                            seq: 0,
+                            problem: "question index key is not UTF-8".to_string(),
+                        }
+                    })?);
+                let prefix = identity_key(&question, "");
+                let mut contents = QuestionContents::default();
+                for identity in self.tree.scan_prefix(&prefix) {
+                    let (key, value) = identity?;
+                    let corrupt = || LogError::Corrupt {
+                        seq: 0,
+                        problem: format!("idempotency index entry for {question} is malformed"),
+                    };
+                    let hash =
+                        String::from_utf8(key[prefix.len()..].to_vec()).map_err(|_| corrupt())?;
+                    let seq = decode_u64(&value).ok_or_else(corrupt)?;
+                    contents.entries.push((seq, hash));
+                    batch_bytes += key.len() as u64;
+                    batch.remove(key);
+                }
+                contents.entries.sort_by_key(|(seq, _)| *seq);
+                if !contents.entries.is_empty() {
+                    let value = contents.encode();
+                    batch_bytes += value.len() as u64;
+                    batch.insert(question_key(&question), value);
+                }
+                batch.remove(head_key);
+                in_batch += 1;
+            }
+            if in_batch == 0 {
+                break;
+            }
+            self.ensure_space(batch_bytes.saturating_mul(WRITE_AMPLIFICATION), || {
+                "upgrading the log's question index".to_string()
+            })?;
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| self.write_failed(e))?;
+            upgraded += in_batch;
+        }
+        self.db.flush().map_err(|e| self.write_failed(e))?;
+        tracing::info!(
+            questions = upgraded,
+            took_ms = started.elapsed().as_millis() as u64,
+            "log: question index upgraded to one key per question"
+        );
+        Ok(())
     }
 
     /// Sets (or, with `None`, removes) this handle's [`AppendGate`].
@@ -404,39 +479,55 @@ impl EventLog {
         let mut report = AppendReport::default();
         // Bytes of keys and values in the batch, for the free-space check.
         let mut batch_bytes = 0u64;
-        // Identities and heads written earlier in this same batch, not yet visible in the tree.
-        let mut pending_identities: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut pending_heads: HashMap<QuestionKey, (u64, String)> = HashMap::new();
+        // Index entries read or written earlier in this same batch (those written are not yet
+        // visible in the tree); a question's entry is written once, with all its new contents.
+        let mut identities: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut questions: HashMap<QuestionKey, (QuestionContents, bool)> = HashMap::new();
 
         for observation in observations {
             let (question, hash) = observation.identity();
-            let identity = identity_key(&question, &hash);
-            if let Some(seq) = pending_identities.get(&identity) {
-                report.outcomes.push(Appended::Known { seq: *seq });
-                continue;
-            }
-            if let Some(value) = self.tree.get(&identity)? {
-                report.outcomes.push(Appended::Known {
-                    seq: decode_u64(&value).unwrap_or(0),
-                });
-                continue;
-            }
             let seq = next;
             let event = match observation.payload {
                 Payload::Answer(record) => {
-                    let previous = match pending_heads.get(&question) {
-                        Some(head) => Some(head.clone()),
-                        None => self
-                            .question_head(&question)?
-                            .map(|h| (h.seq, h.content_hash)),
+                    let (contents, changed) = match questions.entry(question.clone()) {
+                        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(entry) => entry.insert((
+                            self.question_contents(&question)?.unwrap_or_default(),
+                            false,
+                        )),
                     };
-                    pending_heads.insert(question.clone(), (seq, hash.clone()));
-                    batch.insert(head_key(&question), encode_head(seq, &hash));
-                    Event::for_answer(question.clone(), record, previous)
+                    if let Some(seq) = contents.seq_of(&hash) {
+                        report.outcomes.push(Appended::Known { seq });
+                        continue;
+                    }
+                    let previous = contents.latest().cloned();
+                    contents.entries.push((seq, hash.clone()));
+                    *changed = true;
+                    Event::for_answer(question, record, previous)
                 }
-                Payload::Unparseable { reason, raw } => quarantined(reason, raw),
-                Payload::Flag(flag) => Event::FlagRaised { flag: *flag },
-                Payload::AlertSent(alert) => Event::AlertSent { alert },
+                payload => {
+                    let identity = identity_key(&question, &hash);
+                    let known = match identities.get(&identity) {
+                        Some(seq) => Some(*seq),
+                        None => self
+                            .tree
+                            .get(&identity)?
+                            .map(|v| decode_u64(&v).unwrap_or(0)),
+                    };
+                    if let Some(seq) = known {
+                        report.outcomes.push(Appended::Known { seq });
+                        continue;
+                    }
+                    batch_bytes += 2 * identity.len() as u64;
+                    batch.insert(identity.clone(), seq.to_be_bytes().to_vec());
+                    identities.insert(identity, seq);
+                    match payload {
+                        Payload::Unparseable { reason, raw } => quarantined(reason, raw),
+                        Payload::Flag(flag) => Event::FlagRaised { flag: *flag },
+                        Payload::AlertSent(alert) => Event::AlertSent { alert },
+                        Payload::Answer(_) => unreachable!("answers are matched above"),
+                    }
+                }
             };
             let kind = event.kind();
             let revises = event.previous_seq().is_some();
@@ -449,12 +540,17 @@ impl EventLog {
                 event,
             };
             let value = encode_envelope(&envelope)?;
-            batch_bytes += (value.len() + 2 * identity.len() + 64) as u64;
+            batch_bytes += (value.len() + 64) as u64;
             batch.insert(event_key(seq).to_vec(), value);
-            batch.insert(identity.clone(), seq.to_be_bytes().to_vec());
-            pending_identities.insert(identity, seq);
             report.outcomes.push(Appended::New { seq, kind, revises });
             next += 1;
+        }
+        for (question, (contents, changed)) in questions {
+            if changed {
+                let value = contents.encode();
+                batch_bytes += (value.len() + question.0.len()) as u64;
+                batch.insert(question_key(&question), value);
+            }
         }
 
         if report.appended() > 0 {
@@ -586,24 +682,47 @@ impl EventLog {
         })
     }
 
+    /// Every content recorded for a question, oldest first.
+    fn question_contents(
+        &self,
+        question: &QuestionKey,
+    ) -> Result<Option<QuestionContents>, LogError> {
+        match self.tree.get(question_key(question))? {
+            None => Ok(None),
+            Some(value) => QuestionContents::decode(question, &value).map(Some),
+        }
+    }
+
     /// The latest content recorded for a question.
     pub fn question_head(&self, question: &QuestionKey) -> Result<Option<QuestionHead>, LogError> {
-        match self.tree.get(head_key(question))? {
-            None => Ok(None),
-            Some(value) => decode_head(question.clone(), &value).map(Some),
-        }
+        Ok(self
+            .question_contents(question)?
+            .and_then(|contents| contents.head(question.clone())))
     }
 
     /// Every question's latest content, in question-key order, read lazily from the index.
     pub fn question_heads(&self) -> impl Iterator<Item = Result<QuestionHead, LogError>> {
-        self.tree.scan_prefix([HEAD_PREFIX]).map(|entry| {
-            let (key, value) = entry?;
-            let question = String::from_utf8(key[1..].to_vec()).map_err(|_| LogError::Corrupt {
-                seq: 0,
-                problem: "question index key is not UTF-8".to_string(),
-            })?;
-            decode_head(QuestionKey(question), &value)
-        })
+        self.tree
+            .scan_prefix([QUESTION_PREFIX])
+            .filter_map(|entry| {
+                let (key, value) = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let question = match String::from_utf8(key[1..].to_vec()) {
+                    Ok(question) => QuestionKey(question),
+                    Err(_) => {
+                        return Some(Err(LogError::Corrupt {
+                            seq: 0,
+                            problem: "question index key is not UTF-8".to_string(),
+                        }))
+                    }
+                };
+                match QuestionContents::decode(&question, &value) {
+                    Ok(contents) => contents.head(question).map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            })
     }
 
     /// Walks the whole log in order: every event must decode, match its checksum, carry its own
@@ -636,11 +755,20 @@ impl EventLog {
                 Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
                 Err(other) => return Err(other),
             };
-            let question = envelope.event.identity_question();
-            let indexed = self
-                .tree
-                .get(identity_key(&question, &envelope.content_hash))?
-                .and_then(|v| decode_u64(&v));
+            let indexed = match envelope.event.question() {
+                Some(question) => match self.question_contents(question) {
+                    Ok(contents) => contents.and_then(|c| c.seq_of(&envelope.content_hash)),
+                    Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
+                    Err(other) => return Err(other),
+                },
+                None => self
+                    .tree
+                    .get(identity_key(
+                        &envelope.event.identity_question(),
+                        &envelope.content_hash,
+                    ))?
+                    .and_then(|v| decode_u64(&v)),
+            };
             if indexed != Some(seq) {
                 return bad(
                     seq,
@@ -676,6 +804,8 @@ impl EventLog {
         let mut copied = 0u64;
         let mut batch = sled::Batch::default();
         let mut batch_bytes = 0u64;
+        // Questions whose entries grew since the last batch was applied.
+        let mut questions: HashMap<QuestionKey, QuestionContents> = HashMap::new();
         for entry in source.tree.range(event_key(1)..=event_key(upto)) {
             let (key, value) = entry?;
             let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
@@ -685,19 +815,28 @@ impl EventLog {
             let envelope = decode_envelope(seq, &value)?;
             batch_bytes += (key.len() + value.len() + 64) as u64;
             batch.insert(key.to_vec(), value.to_vec());
-            let question = envelope.event.identity_question();
-            batch.insert(
-                identity_key(&question, &envelope.content_hash),
-                seq.to_be_bytes().to_vec(),
-            );
-            if envelope.event.record().is_some() {
-                batch.insert(
-                    head_key(&question),
-                    encode_head(seq, &envelope.content_hash),
-                );
+            match envelope.event.question() {
+                Some(question) => {
+                    let contents = match questions.entry(question.clone()) {
+                        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(entry) => {
+                            entry.insert(self.question_contents(question)?.unwrap_or_default())
+                        }
+                    };
+                    if contents.seq_of(&envelope.content_hash).is_none() {
+                        contents.entries.push((seq, envelope.content_hash));
+                    }
+                }
+                None => batch.insert(
+                    identity_key(&envelope.event.identity_question(), &envelope.content_hash),
+                    seq.to_be_bytes().to_vec(),
+                ),
             }
             copied += 1;
             if copied.is_multiple_of(1000) {
+                for (question, contents) in questions.drain() {
+                    batch.insert(question_key(&question), contents.encode());
+                }
                 self.ensure_space(
                     std::mem::take(&mut batch_bytes) * WRITE_AMPLIFICATION,
                     || format!("copying 1000 events (up to event {seq})"),
@@ -706,6 +845,9 @@ impl EventLog {
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(|e| self.write_failed(e))?;
             }
+        }
+        for (question, contents) in questions.drain() {
+            batch.insert(question_key(&question), contents.encode());
         }
         self.ensure_space(batch_bytes * WRITE_AMPLIFICATION, || {
             format!("copying events up to {upto}")
@@ -832,31 +974,75 @@ fn identity_key(question: &QuestionKey, hash: &str) -> Vec<u8> {
     key
 }
 
-fn head_key(question: &QuestionKey) -> Vec<u8> {
+fn question_key(question: &QuestionKey) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + question.0.len());
-    key.push(HEAD_PREFIX);
+    key.push(QUESTION_PREFIX);
     key.extend_from_slice(question.0.as_bytes());
     key
 }
 
-fn encode_head(seq: u64, hash: &str) -> Vec<u8> {
-    let mut value = seq.to_be_bytes().to_vec();
-    value.extend_from_slice(hash.as_bytes());
-    value
+/// Every content a question has had, oldest first, with the event that first had each: the
+/// value of its `Q` key. The last is the question's latest content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct QuestionContents {
+    entries: Vec<(u64, String)>,
 }
 
-fn decode_head(question: QuestionKey, value: &[u8]) -> Result<QuestionHead, LogError> {
-    let corrupt = || LogError::Corrupt {
-        seq: 0,
-        problem: format!("question index entry for {question} is malformed"),
-    };
-    let seq = decode_u64(value).ok_or_else(corrupt)?;
-    let content_hash = String::from_utf8(value[8..].to_vec()).map_err(|_| corrupt())?;
-    Ok(QuestionHead {
-        question,
-        seq,
-        content_hash,
-    })
+impl QuestionContents {
+    fn seq_of(&self, hash: &str) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|(_, h)| h == hash)
+            .map(|(seq, _)| *seq)
+    }
+
+    fn latest(&self) -> Option<&(u64, String)> {
+        self.entries.last()
+    }
+
+    fn head(&self, question: QuestionKey) -> Option<QuestionHead> {
+        self.latest().map(|(seq, hash)| QuestionHead {
+            question,
+            seq: *seq,
+            content_hash: hash.clone(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(self.entries.iter().map(|(_, h)| 10 + h.len()).sum());
+        for (seq, hash) in &self.entries {
+            // Content hashes are 64 hex digits; a longer one would be cut at 65,535 bytes and
+            // no longer match, which costs a duplicate event, never a lost one.
+            let hash = &hash.as_bytes()[..hash.len().min(u16::MAX as usize)];
+            value.extend_from_slice(&seq.to_be_bytes());
+            value.extend_from_slice(&(hash.len() as u16).to_be_bytes());
+            value.extend_from_slice(hash);
+        }
+        value
+    }
+
+    fn decode(question: &QuestionKey, mut value: &[u8]) -> Result<QuestionContents, LogError> {
+        let corrupt = || LogError::Corrupt {
+            seq: 0,
+            problem: format!("question index entry for {question} is malformed"),
+        };
+        let mut entries = Vec::with_capacity(1);
+        while !value.is_empty() {
+            let seq = decode_u64(value).ok_or_else(corrupt)?;
+            let len = value
+                .get(8..10)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                .ok_or_else(corrupt)?;
+            let hash = value.get(10..10 + len).ok_or_else(corrupt)?;
+            let hash = std::str::from_utf8(hash).map_err(|_| corrupt())?;
+            entries.push((seq, hash.to_string()));
+            value = &value[10 + len..];
+        }
+        if entries.is_empty() {
+            return Err(corrupt());
+        }
+        Ok(QuestionContents { entries })
+    }
 }
 
 fn encode_envelope(envelope: &Envelope) -> Result<Vec<u8>, LogError> {

@@ -358,6 +358,25 @@ fn status_and_rate_limit_faults_take_one_request_each_in_order() {
 }
 
 #[test]
+fn faults_between_successes_fire_only_after_a_request_served_normally() {
+    let server = server();
+    server.fail_between_successes(vec![Fault::Status(500), Fault::Status(503)]);
+    // The first request follows no success: it is served.
+    assert_eq!(get(&server, LIST).status, 200);
+    assert_eq!(get(&server, LIST).status, 500);
+    assert_eq!(get(&server, LIST).status, 200);
+    // A queued fault comes first, and does not count as a success.
+    server.push_fault(Fault::Status(502));
+    assert_eq!(get(&server, LIST).status, 502);
+    assert_eq!(get(&server, LIST).status, 200);
+    assert_eq!(server.pending_faults(), 1);
+    assert_eq!(get(&server, LIST).status, 503);
+    assert_eq!(get(&server, LIST).status, 200);
+    assert_eq!(get(&server, LIST).status, 200);
+    assert_eq!(server.pending_faults(), 0);
+}
+
+#[test]
 fn scoped_faults_wait_for_a_matching_request() {
     let server = server();
     server.push_fault_for("/questions/1700002", Fault::Status(500));

@@ -159,42 +159,25 @@ fn an_api_misbehaving_at_random_gives_the_same_log_as_a_clean_run() {
         .output()
         .unwrap());
 
-    let faulty_server = std::sync::Arc::new(ApiServer::start(records));
+    let faulty_server = ApiServer::start(records);
     let faulty = env("page_size = 10\nwindow_days = 30\nmax_attempts = 12\n");
-    // A fault is queued whenever none is waiting and a request has succeeded since the last one,
-    // so failures come often but always between successes.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let saboteur = {
-        let server = faulty_server.clone();
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut rng = Lcg(7);
-            let mut pushed = 0;
-            let mut requests_at_last_fault = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                // Only after a request has gone through since the last fault: the retries must
-                // eventually meet a healthy server, as they would in life.
-                let requests = server.requests().len();
-                if server.pending_faults() == 0 && requests >= requests_at_last_fault + 2 {
-                    requests_at_last_fault = requests;
-                    let fault = match rng.next(11) {
-                        0 | 1 => Fault::Status(500),
-                        2 | 3 => Fault::Status(503),
-                        4 | 5 => Fault::TooManyRequests {
-                            retry_after_secs: 0,
-                        },
-                        6 | 7 => Fault::Reset,
-                        8 | 9 => Fault::TruncatedBody,
-                        _ => Fault::Hang(Duration::from_millis(1500)),
-                    };
-                    server.push_fault(fault);
-                    pushed += 1;
-                }
-                std::thread::sleep(Duration::from_millis(10 + rng.next(20)));
-            }
-            pushed
+    // Faults drawn at random (seeded), each on the request after one served normally: failures
+    // come as often as can be, yet always between successes.
+    let mut rng = Lcg(7);
+    let plan: Vec<Fault> = (0..16)
+        .map(|_| match rng.next(11) {
+            0 | 1 => Fault::Status(500),
+            2 | 3 => Fault::Status(503),
+            4 | 5 => Fault::TooManyRequests {
+                retry_after_secs: 0,
+            },
+            6 | 7 => Fault::Reset,
+            8 | 9 => Fault::TruncatedBody,
+            _ => Fault::Hang(Duration::from_millis(1500)),
         })
-    };
+        .collect();
+    let planned = plan.len();
+    faulty_server.fail_between_successes(plan);
     let out = ok(bin(&faulty)
         .args([
             "fetch",
@@ -209,9 +192,8 @@ fn an_api_misbehaving_at_random_gives_the_same_log_as_a_clean_run() {
         ])
         .output()
         .unwrap());
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let pushed = saboteur.join().unwrap();
-    assert!(pushed >= 10, "{pushed} faults");
+    let fired = planned - faulty_server.pending_faults();
+    assert!(fired >= 10, "{fired} faults of {planned}");
     let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert!(report["retries"].as_u64().unwrap() >= 10, "{report}");
     assert_eq!(answers(&events(&clean)), answers(&events(&faulty)));

@@ -323,14 +323,171 @@ fn verify_finds_an_event_the_index_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path());
     log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+    log.append(vec![broken(b"not an answer")], NOW).unwrap();
     let envelope = log.get(1).unwrap().unwrap();
     let question = envelope.event.question().unwrap().clone();
-    log.raw_tree()
-        .remove(identity_key(&question, &envelope.content_hash))
-        .unwrap();
+    log.raw_tree().remove(question_key(&question)).unwrap();
     let bad = log.verify().unwrap().first_bad.unwrap();
     assert_eq!(bad.seq, 1);
     assert!(bad.problem.contains("index"), "{}", bad.problem);
+
+    // Records without a question are indexed by their identity alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1"), broken(b"not an answer")], NOW)
+        .unwrap();
+    let envelope = log.get(2).unwrap().unwrap();
+    log.raw_tree()
+        .remove(identity_key(
+            &envelope.event.identity_question(),
+            &envelope.content_hash,
+        ))
+        .unwrap();
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 1);
+    let bad = report.first_bad.unwrap();
+    assert_eq!(bad.seq, 2);
+    assert!(bad.problem.contains("index"), "{}", bad.problem);
+}
+
+#[test]
+fn a_damaged_question_entry_is_named_by_verify_and_refuses_appends_to_that_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    let envelope = log.get(2).unwrap().unwrap();
+    let question = envelope.event.question().unwrap().clone();
+    let key = question_key(&question);
+    let mut value = log.raw_tree().get(&key).unwrap().unwrap().to_vec();
+    value.truncate(value.len() - 3);
+    log.raw_tree().insert(&key, value).unwrap();
+
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 1);
+    let bad = report.first_bad.unwrap();
+    assert_eq!(bad.seq, 2);
+    assert!(bad.problem.contains("malformed"), "{}", bad.problem);
+    let err = log
+        .append(vec![answer("Q2", "A2, revised")], NOW)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("malformed"), "{err}");
+    assert_eq!(
+        log.head().unwrap(),
+        2,
+        "nothing of the refused append is written"
+    );
+    // Other questions are unaffected.
+    let report = log.append(vec![answer("Q1", "A1, revised")], NOW).unwrap();
+    assert_eq!(report.appended_of_kind("answer_revised"), 1);
+}
+
+/// Rewrites the question index of `log` as answerfeed wrote it before the `Q` keys (an `I` key
+/// per content, an `H` key per question with its latest), for the questions given.
+fn write_old_question_index(log: &EventLog, questions: &[&QuestionKey]) {
+    for question in questions {
+        let key = question_key(question);
+        let value = log.raw_tree().remove(&key).unwrap().unwrap();
+        let contents = QuestionContents::decode(question, &value).unwrap();
+        for (seq, hash) in &contents.entries {
+            log.raw_tree()
+                .insert(identity_key(question, hash), seq.to_be_bytes().to_vec())
+                .unwrap();
+        }
+        let (seq, hash) = contents.latest().unwrap();
+        let mut head_key = vec![HEAD_PREFIX];
+        head_key.extend_from_slice(question.0.as_bytes());
+        let mut head = seq.to_be_bytes().to_vec();
+        head.extend_from_slice(hash.as_bytes());
+        log.raw_tree().insert(head_key, head).unwrap();
+    }
+    log.flush().unwrap();
+}
+
+#[test]
+fn a_question_index_in_the_old_layout_is_upgraded_on_open_even_after_an_interrupted_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(
+        vec![
+            answer("Q1", "v1"),
+            answer("Q2", "only"),
+            broken(b"garbage"),
+            answer("Q1", "v2"),
+        ],
+        NOW,
+    )
+    .unwrap();
+    log.append(vec![answer("Q1", "v3"), answer("Q3", "only")], NOW)
+        .unwrap();
+    let questions: Vec<QuestionKey> = [1, 2, 6]
+        .iter()
+        .map(|seq| {
+            log.get(*seq)
+                .unwrap()
+                .unwrap()
+                .event
+                .question()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    let before: Vec<_> = log.question_heads().map(|h| h.unwrap()).collect();
+    let index_before: Vec<_> = log
+        .raw_tree()
+        .scan_prefix([QUESTION_PREFIX])
+        .map(|kv| kv.unwrap())
+        .collect();
+    assert_eq!(index_before.len(), 3);
+    // Q1 and Q2 in the old layout, Q3 already upgraded: an upgrade cut short looks like this.
+    write_old_question_index(&log, &[&questions[0], &questions[1]]);
+    assert!(log.raw_tree().scan_prefix([HEAD_PREFIX]).next().is_some());
+    drop(log);
+
+    let mut log = open(dir.path());
+    assert!(log.raw_tree().scan_prefix([HEAD_PREFIX]).next().is_none());
+    let index_after: Vec<_> = log
+        .raw_tree()
+        .scan_prefix([QUESTION_PREFIX])
+        .map(|kv| kv.unwrap())
+        .collect();
+    assert_eq!(index_after, index_before);
+    let identities: Vec<_> = log
+        .raw_tree()
+        .scan_prefix([IDENTITY_PREFIX])
+        .map(|kv| kv.unwrap())
+        .collect();
+    assert_eq!(
+        identities.len(),
+        1,
+        "only the quarantined record keeps an I key"
+    );
+    assert_eq!(
+        log.question_heads().map(|h| h.unwrap()).collect::<Vec<_>>(),
+        before
+    );
+    assert!(log.verify().unwrap().first_bad.is_none());
+    // Idempotency and revisions work as before the upgrade.
+    let report = log
+        .append(
+            vec![answer("Q1", "v1"), answer("Q1", "v4"), broken(b"garbage")],
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(
+        report.outcomes,
+        vec![
+            Appended::Known { seq: 1 },
+            Appended::New {
+                seq: 7,
+                kind: "answer_revised",
+                revises: true
+            },
+            Appended::Known { seq: 3 },
+        ]
+    );
+    assert_eq!(log.get(7).unwrap().unwrap().event.previous_seq(), Some(5));
 }
 
 #[test]

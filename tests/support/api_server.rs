@@ -137,6 +137,10 @@ impl Scope {
 struct State {
     records: Vec<Value>,
     faults: VecDeque<(Scope, Fault)>,
+    /// Faults for requests that follow one served normally (see `fail_between_successes`).
+    between_successes: VecDeque<Fault>,
+    /// Whether the last request was served without a fault.
+    last_served: bool,
     requests: Vec<RequestLog>,
     truncate_over: Option<usize>,
     list_hook: Option<ListHook>,
@@ -173,6 +177,8 @@ impl ApiServer {
             state: Mutex::new(State {
                 records,
                 faults: VecDeque::new(),
+                between_successes: VecDeque::new(),
+                last_served: false,
                 requests: Vec::new(),
                 truncate_over: None,
                 list_hook: None,
@@ -243,9 +249,18 @@ impl ApiServer {
         self.shared.lock().faults.push_back((Scope::List, fault));
     }
 
-    /// How many queued faults have not fired yet.
+    /// Queues `faults` to fire one at a time, each on the first request after one that was
+    /// served normally: failures as often as can be, yet always between successes, so retries
+    /// meet a healthy server as they would in life, whatever the client's speed. Queued faults
+    /// (`push_fault`...) take precedence.
+    pub fn fail_between_successes(&self, faults: Vec<Fault>) {
+        self.shared.lock().between_successes.extend(faults);
+    }
+
+    /// How many queued faults (of both kinds) have not fired yet.
     pub fn pending_faults(&self) -> usize {
-        self.shared.lock().faults.len()
+        let state = self.shared.lock();
+        state.faults.len() + state.between_successes.len()
     }
 
     /// Every request seen so far, in arrival order.
@@ -375,7 +390,13 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             .faults
             .iter()
             .position(|(scope, _)| scope.matches(&request));
-        at.and_then(|i| state.faults.remove(i)).map(|(_, f)| f)
+        let fault = match at.and_then(|i| state.faults.remove(i)) {
+            Some((_, fault)) => Some(fault),
+            None if state.last_served => state.between_successes.pop_front(),
+            None => None,
+        };
+        state.last_served = fault.is_none();
+        fault
     };
     let response = match fault {
         None => answer(&request, shared),
