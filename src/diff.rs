@@ -194,10 +194,11 @@ fn flag_observations(flags: &[Flag]) -> Vec<Observation> {
         .collect()
 }
 
-/// A batch's flags and state writes, held between `prepare` and `commit`.
+/// The flags and state writes of the events analysed since the last commit (one batch, or the
+/// several parts of one), held between `prepare` and `commit`.
 struct Prepared {
     flags: Vec<Flag>,
-    state: sled::Batch,
+    state: crate::overlay::Pending,
     last: u64,
     events: u64,
 }
@@ -245,7 +246,8 @@ impl<'s> DiffConsumer<'s> {
 
     /// The first half of [`DiffConsumer::apply`]: analyses the batch and holds its flags and
     /// state until [`DiffConsumer::commit`], so that a caller can choose where in the log the
-    /// flags go. Nothing is written; the analysis of a later batch must wait for the commit.
+    /// flags go. Nothing is written. A later batch prepared before the commit is added to this
+    /// one: their flags go in together, in one append.
     pub fn prepare(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
         let result = self.prepare_inner(log, batch);
         if result.is_err() {
@@ -253,6 +255,13 @@ impl<'s> DiffConsumer<'s> {
             self.prepared = None;
         }
         result
+    }
+
+    /// The last event analysed: the checkpoint, or the last event prepared since.
+    pub fn analysed_to(&self) -> u64 {
+        self.prepared
+            .as_ref()
+            .map_or(self.checkpoint, |prepared| prepared.last)
     }
 
     /// Appends the prepared flags, then commits the state and the checkpoint (the flags first:
@@ -266,18 +275,19 @@ impl<'s> DiffConsumer<'s> {
         result
     }
 
+    /// Analyses the events of `batch` after those already analysed; a batch prepared before and
+    /// not yet committed is added to, and goes in with this one.
     fn prepare_inner(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), DiffError> {
-        if self.prepared.is_some() {
-            return Err(DiffError::State(
-                "a batch was analysed before the previous one was committed".into(),
-            ));
-        }
-        let events: Vec<&Envelope> = batch.iter().filter(|e| e.seq > self.checkpoint).collect();
+        let from = self.analysed_to();
+        let events: Vec<&Envelope> = batch.iter().filter(|e| e.seq > from).collect();
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let mut overlay = Overlay::new(&self.tree);
-        let mut flags = Vec::new();
+        let (mut flags, pending, analysed) = match self.prepared.take() {
+            Some(prepared) => (prepared.flags, prepared.state, prepared.events),
+            None => (Vec::new(), crate::overlay::Pending::new(), 0),
+        };
+        let mut overlay = Overlay::with_pending(&self.tree, pending);
         for envelope in &events {
             analyse(
                 log,
@@ -288,22 +298,11 @@ impl<'s> DiffConsumer<'s> {
                 &mut flags,
             )?;
         }
-        let mut extra: Vec<(Vec<u8>, Vec<u8>)> = vec![
-            (CHECKPOINT.to_vec(), last.to_be_bytes().to_vec()),
-            (FORMAT_KEY.to_vec(), FORMAT.to_vec()),
-        ];
-        if let Some(chunk) = self.lsh.as_mut().and_then(LshIndex::take_chunk) {
-            extra.push((lsh_chunk_key(last), chunk));
-        }
-        let extra: Vec<(&[u8], Vec<u8>)> = extra
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.clone()))
-            .collect();
         self.prepared = Some(Prepared {
             flags,
-            state: overlay.into_batch(&extra),
+            state: overlay.into_pending(),
             last,
-            events: events.len() as u64,
+            events: analysed + events.len() as u64,
         });
         Ok(())
     }
@@ -327,7 +326,20 @@ impl<'s> DiffConsumer<'s> {
     }
 
     fn commit_state(&mut self, prepared: Prepared) -> Result<(), DiffError> {
-        self.tree.apply_batch(prepared.state)?;
+        let last = prepared.last;
+        let mut extra: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (CHECKPOINT.to_vec(), last.to_be_bytes().to_vec()),
+            (FORMAT_KEY.to_vec(), FORMAT.to_vec()),
+        ];
+        if let Some(chunk) = self.lsh.as_mut().and_then(LshIndex::take_chunk) {
+            extra.push((lsh_chunk_key(last), chunk));
+        }
+        let extra: Vec<(&[u8], Vec<u8>)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.clone()))
+            .collect();
+        let state = Overlay::with_pending(&self.tree, prepared.state).into_batch(&extra);
+        self.tree.apply_batch(state)?;
         self.report.events_read += prepared.events;
         self.checkpoint = prepared.last;
         self.report.checkpoint = prepared.last;

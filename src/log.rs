@@ -215,7 +215,8 @@ impl Default for StoreOptions {
 /// the diff module just behind a fetch or an ingest, with its flags at fixed places in the log.
 pub trait AppendGate: Send + Sync {
     fn before_append(&self);
-    fn appended(&self, last_seq: u64);
+    /// `events`: how many new events the append wrote (at least one), ending with `last_seq`.
+    fn appended(&self, last_seq: u64, events: usize);
 }
 
 /// The log. Clones share the same open database, lock and writer mutex: the fetcher and the
@@ -458,7 +459,7 @@ impl EventLog {
             Appended::Known { .. } => None,
         });
         if let Some(last_seq) = last_seq {
-            gate.appended(last_seq);
+            gate.appended(last_seq, report.appended());
         }
         Ok(report)
     }

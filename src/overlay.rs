@@ -11,10 +11,12 @@ use serde::{de::DeserializeOwned, Serialize};
 /// A stored key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// Writes not yet applied to the tree; `None` is a pending removal.
+pub type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 pub struct Overlay<'a> {
     tree: &'a sled::Tree,
-    /// `None` is a pending removal.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: Pending,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +29,18 @@ pub enum OverlayError {
 
 impl<'a> Overlay<'a> {
     pub fn new(tree: &'a sled::Tree) -> Overlay<'a> {
-        Overlay {
-            tree,
-            pending: BTreeMap::new(),
-        }
+        Overlay::with_pending(tree, Pending::new())
+    }
+
+    /// An overlay that goes on from the writes an earlier one left pending (a batch analysed in
+    /// several parts, committed once).
+    pub fn with_pending(tree: &'a sled::Tree, pending: Pending) -> Overlay<'a> {
+        Overlay { tree, pending }
+    }
+
+    /// The pending writes, to go on with in [`Overlay::with_pending`].
+    pub fn into_pending(self) -> Pending {
+        self.pending
     }
 
     /// The tree under the overlay (for reads that bypass the pending writes).

@@ -54,10 +54,12 @@ impl DeriveReport {
 ///
 /// The diff module appends flags, and where they land must not depend on how the threads were
 /// timed (the same input gives the same log, sequence numbers included). So it follows through
-/// the caller's handle's [`AppendGate`]: after each append the diff module is given that append's
-/// last event as its target, and the caller's next append waits until the diff module has
-/// reached it and appended its flags. The log reads: a page, its flags, the next page, its
-/// flags... and the diff module works on one page while the caller fetches and decodes the next.
+/// the caller's handle's [`AppendGate`]: each append is handed to the diff module, which analyses
+/// it while the caller fetches and writes the next. The appends are taken in groups of at least
+/// [`FLAG_GROUP_EVENTS`] new events (a group ends with the append that reaches it); a group's
+/// flags are appended together right after the append that follows the group, and the append
+/// after that waits until they are in. The log reads: group 1, the next page, group 1's flags,
+/// ... One flag append per group rather than per page: each append waits for its flush.
 /// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
 /// state it would leave there.
 pub struct Follower {
@@ -69,12 +71,22 @@ pub struct Follower {
     fallback: Option<(EventLog, Config)>,
 }
 
+/// The new events a group of followed appends holds at least before its flags go in (a fetch
+/// writes a page of about a hundred answers an append, an ingest a thousand).
+pub const FLAG_GROUP_EVENTS: usize = 1000;
+
 /// How often the derive thread looks for new events when nothing wakes it.
 const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Follower {
     /// Starts following the appends made through `log` (this handle, not its clones).
     pub fn start(log: &mut EventLog, config: &Config) -> Follower {
+        Follower::start_grouped(log, config, FLAG_GROUP_EVENTS)
+    }
+
+    /// [`Follower::start`] with groups of at least `group_events` new events (tests use small
+    /// groups, to see many of them).
+    pub fn start_grouped(log: &mut EventLog, config: &Config, group_events: usize) -> Follower {
         let fallback = || {
             tracing::warn!("no derive thread; deriving after the append instead");
             Follower {
@@ -85,7 +97,7 @@ impl Follower {
                 fallback: Some((log.clone(), config.clone())),
             }
         };
-        let gate = Arc::new(DiffGate::new());
+        let gate = Arc::new(DiffGate::new(group_events));
         let diff_log = log.clone();
         let diff_gate = Arc::clone(&gate);
         let settings = DiffSettings::new(&config.diff, &config.trackers);
@@ -187,18 +199,22 @@ struct DiffGate {
 struct GateState {
     /// The diff module is still reading what the log held when the follower started.
     catching_up: bool,
-    /// The last event of each append whose flags are not in the log yet, oldest first.
-    appends: std::collections::VecDeque<u64>,
+    /// The last event and the number of new events of each append whose flags are not in the
+    /// log yet, oldest first.
+    appends: std::collections::VecDeque<(u64, usize)>,
+    /// New events a group of appends holds at least.
+    group_events: usize,
     /// No more appends: the diff thread finishes what it was given and stops (or has stopped,
     /// and nothing waits for it).
     stopped: bool,
 }
 
 impl DiffGate {
-    fn new() -> DiffGate {
+    fn new(group_events: usize) -> DiffGate {
         DiffGate {
             state: std::sync::Mutex::new(GateState {
                 catching_up: true,
+                group_events: group_events.max(1),
                 ..GateState::default()
             }),
             changed: std::sync::Condvar::new(),
@@ -235,37 +251,60 @@ impl DiffGate {
         self.update(|state| state.stopped = true);
     }
 
-    /// The oldest append whose flags are not in the log; `None` once stopped with none left.
-    fn next_append(&self) -> Option<u64> {
-        let state = self.wait_while(|s| s.appends.is_empty() && !s.stopped);
-        state.appends.front().copied()
+    /// The append at `index` in the queue (the last event it wrote), once it has been made;
+    /// `None` once stopped without it.
+    fn append_at(&self, index: usize) -> Option<u64> {
+        let state = self.wait_while(|s| s.appends.len() <= index && !s.stopped);
+        state.appends.get(index).map(|(last, _)| *last)
     }
 
-    /// Waits for the place where the oldest append's flags go: after the append that followed
-    /// it, or at the end.
-    fn wait_for_place(&self) {
-        drop(self.wait_while(|s| s.appends.len() < 2 && !s.stopped));
+    /// Waits for the place where the flags of the group ending with the append at `index` go:
+    /// after the append that follows it, or at the end.
+    fn wait_for_place(&self, index: usize) {
+        drop(self.wait_while(|s| s.appends.len() < index + 2 && !s.stopped));
+    }
+
+    /// The flags of the first `count` appends are in the log.
+    fn committed(&self, count: usize) {
+        self.update(|state| {
+            let count = count.min(state.appends.len());
+            state.appends.drain(..count);
+        });
+    }
+}
+
+impl GateState {
+    /// The index of the append that ends the oldest group, once it has been made.
+    fn group_end(&self) -> Option<usize> {
+        let mut events = 0;
+        self.appends.iter().position(|(_, count)| {
+            events += count;
+            events >= self.group_events
+        })
     }
 }
 
 impl AppendGate for DiffGate {
-    /// An append waits while the flags of the append two before it are not in the log.
+    /// An append waits while a group's flags are due before it (their place, the append after
+    /// the group, has been made) and are not in the log.
     fn before_append(&self) {
-        drop(self.wait_while(|s| !s.stopped && (s.catching_up || s.appends.len() >= 2)));
+        drop(self.wait_while(|s| {
+            !s.stopped
+                && (s.catching_up || s.group_end().is_some_and(|end| s.appends.len() > end + 1))
+        }));
     }
 
-    fn appended(&self, last_seq: u64) {
-        self.update(|state| state.appends.push_back(last_seq));
+    fn appended(&self, last_seq: u64, events: usize) {
+        self.update(|state| state.appends.push_back((last_seq, events)));
     }
 }
 
 /// The diff thread of a [`Follower`]. First it reads what the log held when it started (the
-/// appends wait). Then, for each append, it analyses that append's events while the next append
-/// is fetched and written; once that next append is in the log (or the follower is stopping) it
-/// appends the flags and commits, and only then may the append after it go ahead. So the log
-/// reads: page 1, page 2, page 1's flags, page 3, page 2's flags... the same whatever the
-/// timing. However the thread ends (an error, a panic), the gate is stopped so that no append
-/// waits for it.
+/// appends wait). Then it analyses each append's events as the append is made; at the end of a
+/// group, once the append after it is in the log (or the follower is stopping), it appends the
+/// group's flags and commits, and only then may the append after that go ahead. So the log is
+/// the same whatever the timing. However the thread ends (an error, a panic), the gate is
+/// stopped so that no append waits for it.
 fn follow_appends(
     mut log: EventLog,
     settings: &DiffSettings,
@@ -286,16 +325,25 @@ fn follow_appends(
         consumer.apply(&mut log, &batch)
     })?;
     gate.update(|state| state.catching_up = false);
-    while let Some(last) = gate.next_append() {
-        // One append's events (after the flags placed just before them), in one batch: its
-        // flags go in together.
-        let events = reader.read_batch(consumer.checkpoint() + 1, last, usize::MAX)?;
+    // Appends of the queue analysed and not committed.
+    let mut analysed = 0;
+    loop {
+        let Some(last) = gate.append_at(analysed) else {
+            // Stopped: what is left is the last group, its flags at the end.
+            consumer.commit(&mut log)?;
+            gate.committed(analysed);
+            break;
+        };
+        // One append's events (after any flags placed just before them), added to its group.
+        let events = reader.read_batch(consumer.analysed_to() + 1, last, usize::MAX)?;
         consumer.prepare(&log, &events)?;
-        gate.wait_for_place();
-        consumer.commit(&mut log)?;
-        gate.update(|state| {
-            state.appends.pop_front();
-        });
+        analysed += 1;
+        if gate.lock().group_end() == Some(analysed - 1) {
+            gate.wait_for_place(analysed - 1);
+            consumer.commit(&mut log)?;
+            gate.committed(analysed);
+            analysed = 0;
+        }
     }
     let wrote = consumer.checkpoint() != started_at;
     let report = consumer.finish();

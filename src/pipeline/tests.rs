@@ -48,16 +48,18 @@ fn answer(question: usize, text: usize) -> Observation {
     }
 }
 
-/// Appends `batches` through a follower, pausing after each append as `pause` says, and returns
-/// the log (without the times of recording) and each append's new seqs.
+/// Appends `batches` through a follower grouping appends of `group_events` new events, pausing
+/// after each append as `pause` says, and returns the log (without the times of recording) and
+/// each append's new seqs.
 fn follow(
     batches: &[Vec<Observation>],
+    group_events: usize,
     pause: impl Fn(usize) -> std::time::Duration,
 ) -> (Vec<serde_json::Value>, Vec<Vec<u64>>) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::defaults().unwrap();
     let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
-    let follower = Follower::start(&mut log, &config);
+    let follower = Follower::start_grouped(&mut log, &config, group_events);
     let mut appended = Vec::new();
     for (i, batch) in batches.iter().enumerate() {
         let report = log.append(batch.clone(), "2026-11-29T00:00:00Z").unwrap();
@@ -87,10 +89,16 @@ fn follow(
 }
 
 /// The diff module runs beside the appends, and its flags land at the same places whatever the
-/// timing: each append's flags right after the append that follows it (the last two appends'
-/// at the end, in order).
+/// timing: a group's flags right after the append that follows the group (the last group's at
+/// the end), with groups of one append and of several.
 #[test]
 fn followed_appends_get_their_flags_at_fixed_places_whatever_the_timing() {
+    for group_events in [1, 3, 4, 100] {
+        flags_at_fixed_places(group_events);
+    }
+}
+
+fn flags_at_fixed_places(group_events: usize) {
     // Each answer's text repeats an earlier question's (exact duplicates), in the same append
     // or an earlier one, and one append raises none.
     let batches: Vec<Vec<Observation>> = vec![
@@ -103,12 +111,27 @@ fn followed_appends_get_their_flags_at_fixed_places_whatever_the_timing() {
     ];
     let ms = std::time::Duration::from_millis;
     // Appends racing ahead of the diff module; the diff module waiting for every append; mixed.
-    let (first, appends) = follow(&batches, |_| ms(0));
+    let (first, appends) = follow(&batches, group_events, |_| ms(0));
     for pause in [
         &(|_| ms(40)) as &dyn Fn(usize) -> std::time::Duration,
         &|i| if i % 2 == 0 { ms(0) } else { ms(40) },
     ] {
-        assert_eq!(follow(&batches, pause).0, first);
+        assert_eq!(
+            follow(&batches, group_events, pause).0,
+            first,
+            "groups of {group_events}"
+        );
+    }
+    // The append that ends each append's group: the first at which the group's new events reach
+    // `group_events`, or the last append.
+    let mut group_end = vec![appends.len() - 1; appends.len()];
+    let (mut start, mut events) = (0, 0);
+    for (k, seqs) in appends.iter().enumerate() {
+        events += seqs.len();
+        if events >= group_events {
+            group_end[start..=k].fill(k);
+            (start, events) = (k + 1, 0);
+        }
     }
     let seq_of = |e: &serde_json::Value| e["seq"].as_u64().unwrap();
     let mut flags = 0;
@@ -122,16 +145,24 @@ fn followed_appends_get_their_flags_at_fixed_places_whatever_the_timing() {
             .iter()
             .position(|seqs| seqs.contains(&from))
             .unwrap();
+        let end = group_end[k];
         let seq = seq_of(event);
-        if let Some(next) = appends.get(k + 1) {
-            assert!(
-                seq > *next.last().unwrap(),
-                "flag {seq} after append {}",
-                k + 1
-            );
+        let last_seq_of_log = seq_of(first.last().unwrap());
+        match appends.get(end + 1) {
+            Some(place) => assert!(
+                seq > *place.last().unwrap(),
+                "groups of {group_events}: flag {seq} after append {}",
+                end + 1
+            ),
+            // The last group's flags: at the end.
+            None => assert!(seq > *appends[end].last().unwrap() && seq <= last_seq_of_log),
         }
-        if let Some(after_next) = appends.get(k + 2) {
-            assert!(seq < after_next[0], "flag {seq} before append {}", k + 2);
+        if let Some(after_place) = appends.get(end + 2) {
+            assert!(
+                seq < after_place[0],
+                "groups of {group_events}: flag {seq} before append {}",
+                end + 2
+            );
         }
     }
     assert!(flags >= 6, "{flags} flags");
