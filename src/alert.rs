@@ -214,11 +214,10 @@ pub fn matches(sub: &SubscriptionConfig, topics: &[TopicConfig], record: &Answer
         crate::forces::lookup(f).is_some_and(|force| record.forces.iter().any(|r| r.id == force.id))
     });
     let keyword_ok = sub.keywords.is_empty() || {
-        let text =
-            format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase();
+        let text = crate::project::SearchText::of(record);
         sub.keywords
             .iter()
-            .any(|k| crate::project::contains_word(&text, &k.to_lowercase()))
+            .any(|k| text.contains_word(&k.to_lowercase()))
     };
     topic_ok && body_ok && member_ok && force_ok && keyword_ok
 }

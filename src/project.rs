@@ -452,7 +452,7 @@ pub fn topic_matches(topic: &TopicConfig, record: &AnswerRecord) -> bool {
 
 /// The names of the topics a record belongs to.
 pub fn matching_topics(topics: &[TopicConfig], record: &AnswerRecord) -> Vec<String> {
-    // The lower-cased text is made once for all topics, and only if a keyword needs it.
+    // The text to search is made once for all topics, and only if a keyword needs it.
     let text = std::cell::OnceCell::new();
     topics
         .iter()
@@ -464,7 +464,7 @@ pub fn matching_topics(topics: &[TopicConfig], record: &AnswerRecord) -> Vec<Str
 fn topic_matches_with(
     topic: &TopicConfig,
     record: &AnswerRecord,
-    text: &std::cell::OnceCell<String>,
+    text: &std::cell::OnceCell<SearchText>,
 ) -> bool {
     if topic.any_police_force && !record.forces.is_empty() {
         return true;
@@ -479,13 +479,61 @@ fn topic_matches_with(
     if topic.keywords.is_empty() {
         return false;
     }
-    let text = text.get_or_init(|| {
-        format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase()
-    });
+    let text = text.get_or_init(|| SearchText::of(record));
     topic
         .keywords
         .iter()
-        .any(|k| contains_word(text, &k.to_lowercase()))
+        .any(|k| text.contains_word(&k.to_lowercase()))
+}
+
+/// A record's question and answer text, lower-cased, for keywords: with the words it holds
+/// (runs of letters and digits) in a one-hash Bloom filter. Every word of a keyword found at
+/// word boundaries is a whole word of the text, so a keyword with a word the filter lacks is
+/// not there: most keywords are settled without searching the text (a bit another word set
+/// only costs that search).
+pub struct SearchText {
+    text: String,
+    words: [u64; SearchText::FILTER_WORDS],
+}
+
+impl SearchText {
+    const FILTER_WORDS: usize = 64;
+
+    pub fn of(record: &AnswerRecord) -> SearchText {
+        SearchText::new(
+            format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase(),
+        )
+    }
+
+    /// `text` already lower-cased.
+    pub fn new(text: String) -> SearchText {
+        let mut words = [0u64; SearchText::FILTER_WORDS];
+        for word in words_of(&text) {
+            let bit = SearchText::bit(word);
+            words[bit / 64] |= 1 << (bit % 64);
+        }
+        SearchText { text, words }
+    }
+
+    fn bit(word: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(word.as_bytes()) % (64 * SearchText::FILTER_WORDS as u64))
+            as usize
+    }
+
+    /// [`contains_word`] on the text, for a lower-cased `keyword`.
+    pub fn contains_word(&self, keyword: &str) -> bool {
+        let may_hold = words_of(keyword).all(|word| {
+            let bit = SearchText::bit(word);
+            self.words[bit / 64] & (1 << (bit % 64)) != 0
+        });
+        may_hold && contains_word(&self.text, keyword)
+    }
+}
+
+/// The runs of letters and digits of `text`: what [`contains_word`] takes as word boundaries.
+fn words_of(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
 }
 
 pub fn contains_word(text: &str, word: &str) -> bool {

@@ -383,3 +383,34 @@ fn a_damaged_index_block_is_reported_and_rebuild_replaces_it() {
     let (_, after, _) = crate::pipeline::rebuild_views(&mut log, &config).unwrap();
     assert_eq!(after, good);
 }
+
+proptest! {
+    /// The word filter only saves searches: a keyword matches exactly where `contains_word`
+    /// says, with words of several scripts, digits and punctuation, keywords cut from the text
+    /// anywhere (so they often match) and keywords made up (so they often do not).
+    #[test]
+    fn the_word_filter_never_changes_what_a_keyword_matches(
+        text in "([a-cé1ßİ]{1,4}[ .,’\\-\n]{1,2}){0,30}",
+        keyword in "[a-cé1ß .’\\-]{0,8}",
+        start in 0usize..200,
+        len in 0usize..12,
+    ) {
+        let text = text.to_lowercase();
+        let mut keywords = vec![keyword.to_lowercase()];
+        let chars: Vec<char> = text.chars().collect();
+        if !chars.is_empty() {
+            let from = start % chars.len();
+            keywords.push(chars[from..(from + len).min(chars.len())].iter().collect());
+        }
+        let search = SearchText::new(text.clone());
+        for keyword in keywords {
+            prop_assert_eq!(
+                search.contains_word(&keyword),
+                contains_word(&text, &keyword),
+                "{:?} in {:?}",
+                keyword,
+                text
+            );
+        }
+    }
+}
