@@ -282,18 +282,17 @@ impl EventLog {
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let lock = take_lock(dir)?;
         remove_unfinished_snapshots(&dir.join("sled"));
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(options.cache_bytes)
             // No background flusher: every write that matters is flushed explicitly before it
             // is acknowledged (see `append`), and the flusher's idle-time page GC kept an idle
             // daemon writing to disk for minutes after a backfill.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| LogError::Open {
-                dir: dir.to_path_buf(),
-                error,
-            })?;
+            .flush_every_ms(None);
+        let db = open_sled(&config).map_err(|error| LogError::Open {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
         let tree = db.open_tree(TREE)?;
         let log = EventLog {
             dir: dir.to_path_buf(),
@@ -883,6 +882,28 @@ fn quarantined(reason: String, raw: Vec<u8>) -> Event {
         reason,
         raw: raw_text,
         raw_base64,
+    }
+}
+
+/// How long `open` waits for sled's own lock on its files.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting a little for its lock. Our lock file says no other answerfeed process has
+/// the data dir, but sled's lock on its own file can outlive a handle this process has just
+/// dropped, for as long as sled's IO threads finish with it (sled's own tests block on that
+/// lock for the same reason); a reopen at that moment would fail for nothing.
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

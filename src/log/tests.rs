@@ -569,3 +569,27 @@ fn an_unfinished_sled_snapshot_does_not_stop_the_next_open() {
     assert_eq!(log.head().unwrap(), 2);
     assert_eq!(log.verify().unwrap().good, 2);
 }
+
+/// sled's lock on its own files can outlive a handle this process dropped (its IO threads
+/// finish with it): opening the log waits for it rather than failing.
+#[test]
+fn open_waits_for_sled_to_let_go_of_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path())
+        .append(vec![answer("Q1", "A1")], NOW)
+        .unwrap();
+    // sled itself, holding its files the way a handle being dropped still does.
+    let held = sled::Config::new()
+        .path(dir.path().join("sled"))
+        .open()
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let log = open(dir.path());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert_eq!(log.head().unwrap(), 1);
+    release.join().unwrap();
+}
