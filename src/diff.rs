@@ -140,6 +140,15 @@ struct SeenFigure {
     seq: u64,
 }
 
+/// The checkpoint, when the flags are derived up to the log's head in the current format: then
+/// [`run`] has nothing to do (a cheap check, so that an idle cycle starts no thread for it).
+pub fn up_to_date(log: &EventLog) -> Result<Option<u64>, DiffError> {
+    let tree = log.db().open_tree(TREE)?;
+    let checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
+    let current_format = checkpoint == 0 || tree.get(FORMAT_KEY)?.as_deref() == Some(FORMAT);
+    Ok((current_format && checkpoint >= log.head()?).then_some(checkpoint))
+}
+
 /// Brings the flags up to the log's head. Returns what it did.
 pub fn run(log: &mut EventLog, settings: &DiffSettings) -> Result<DiffReport, DiffError> {
     run_in_batches(log, settings, BATCH)

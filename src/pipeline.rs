@@ -398,6 +398,15 @@ const BATCH: usize = 1000;
 /// the log it leaves is the same however the threads were timed, and the views, replayed in log
 /// order, are what `rebuild` gives.
 pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
+    if let Some(checkpoint) = diff::up_to_date(log)? {
+        // No flags to derive (an idle cycle): the views and the outbox in one pass, no thread.
+        let mut report = derive_views(log, config, true)?;
+        report.diff.checkpoint = checkpoint;
+        if report.project.events_applied + report.alerts.events_read + report.alerts.started > 0 {
+            log.flush()?;
+        }
+        return Ok(report);
+    }
     let settings = DiffSettings::new(&config.diff, &config.trackers);
     let diff_log = log.clone();
     let (diff, views) = std::thread::scope(|scope| {
