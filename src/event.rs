@@ -447,110 +447,16 @@ pub fn normalise_text(s: &str) -> String {
 
 /// [`normalise_text`] without building the string: the normalised text is handed to `sink` in
 /// pieces (the content hash feeds them straight to SHA-256, which made hashing 3x cheaper than
-/// allocating a mapped copy, a word list and the joined result). A lone ASCII space between two
-/// kept characters is already normal, so it stays inside a piece: ordinary prose goes to `sink`
-/// in one piece rather than a piece a word.
-fn normalise_into(s: &str, mut sink: impl FnMut(&str)) {
-    // `run_start..i` is text not yet handed on: kept as it is.
-    let mut started = false;
-    let mut space_pending = false;
-    let mut run_start = 0;
-    let mut utf8 = [0u8; 4];
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if PLAIN[b as usize] {
-            // The bulk of any text: printable ASCII, kept as it is, in a tight loop.
-            if space_pending {
-                sink(" ");
-                space_pending = false;
-            }
-            started = true;
-            i += 1;
-            while i < bytes.len() && PLAIN[bytes[i] as usize] {
-                i += 1;
-            }
-            continue;
-        }
-        if b.is_ascii() {
-            // ASCII is never mapped: no need to decode it.
-            if !is_ascii_white(b) {
-                if space_pending {
-                    sink(" ");
-                    space_pending = false;
-                }
-                started = true;
-            } else if b == b' '
-                && started
-                && !space_pending
-                && bytes
-                    .get(i + 1)
-                    .is_some_and(|next| next.is_ascii() && !is_ascii_white(*next))
-            {
-                // Already normal: stays in the run.
-            } else {
-                if run_start < i {
-                    sink(&s[run_start..i]);
-                }
-                run_start = i + 1;
-                space_pending = started;
-            }
-            i += 1;
-            continue;
-        }
-        let Some(c) = s[i..].chars().next() else {
-            break;
-        };
-        let width = c.len_utf8();
-        let mapped = match c {
-            '\u{2018}' | '\u{2019}' | '\u{201B}' => '\'',
-            '\u{201C}' | '\u{201D}' => '"',
-            '\u{2013}' | '\u{2014}' => '-',
-            '\u{00A0}' => ' ',
-            other => other,
-        };
-        if mapped.is_whitespace() {
-            if run_start < i {
-                sink(&s[run_start..i]);
-            }
-            run_start = i + width;
-            space_pending = started;
-        } else {
-            if space_pending {
-                sink(" ");
-                space_pending = false;
-            }
-            started = true;
-            if mapped != c {
-                if run_start < i {
-                    sink(&s[run_start..i]);
-                }
-                sink(mapped.encode_utf8(&mut utf8));
-                run_start = i + width;
-            }
-        }
-        i += width;
-    }
-    if run_start < s.len() {
-        sink(&s[run_start..]);
-    }
-}
-
-/// ASCII bytes that are not whitespace: kept as they are, whatever surrounds them.
-const PLAIN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 128 {
-        table[b] = !is_ascii_white(b as u8);
-        b += 1;
-    }
-    table
-};
-
-/// `char::is_whitespace` for ASCII (which, unlike `u8::is_ascii_whitespace`, includes U+000B).
-const fn is_ascii_white(b: u8) -> bool {
-    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+/// allocating a mapped copy, a word list and the joined result).
+fn normalise_into(s: &str, sink: impl FnMut(&str)) {
+    let map = |c| match c {
+        '\u{2018}' | '\u{2019}' | '\u{201B}' => '\'',
+        '\u{201C}' | '\u{201D}' => '"',
+        '\u{2013}' | '\u{2014}' => '-',
+        '\u{00A0}' => ' ',
+        other => other,
+    };
+    crate::text::collapse_whitespace_into(s, map, sink);
 }
 
 /// Content hash of an answer, version 1. Covers what a reader would call the answer's content:

@@ -27,6 +27,7 @@ pub mod record;
 pub mod schedule;
 pub mod shutdown;
 pub mod stats;
+pub mod text;
 
 /// The sample dump bundled with the binary for `answerfeed demo` (public parliamentary data).
 pub const BUNDLED_SAMPLE: &[u8] = include_bytes!("../tests/fixtures/written-answers-sample.txt");

@@ -398,15 +398,28 @@ const BATCH: usize = 1000;
 /// the log it leaves is the same however the threads were timed, and the views, replayed in log
 /// order, are what `rebuild` gives.
 pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
-    if let Some(checkpoint) = diff::up_to_date(log)? {
+    let report = match diff::up_to_date(log)? {
         // No flags to derive (an idle cycle): the views and the outbox in one pass, no thread.
-        let mut report = derive_views(log, config, true)?;
-        report.diff.checkpoint = checkpoint;
-        if report.project.events_applied + report.alerts.events_read + report.alerts.started > 0 {
-            log.flush()?;
+        Some(checkpoint) => {
+            let mut report = derive_views(log, config, true)?;
+            report.diff.checkpoint = checkpoint;
+            report
         }
-        return Ok(report);
+        None => derive_beside_diff(log, config)?,
+    };
+    let wrote =
+        report.project.events_applied + report.alerts.events_read + report.alerts.started > 0;
+    // sled rewrites the tail of its current segment on every flush, even with nothing new: an
+    // idle run must not flush. (The diff module flushes its own writes.)
+    if wrote {
+        log.flush()?;
     }
+    Ok(report)
+}
+
+/// The diff module on a thread of its own while the views and the outbox follow the log on
+/// this one; then those apply the flags it appended.
+fn derive_beside_diff(log: &mut EventLog, config: &Config) -> Result<DeriveReport, PipelineError> {
     let settings = DiffSettings::new(&config.diff, &config.trackers);
     let diff_log = log.clone();
     let (diff, views) = std::thread::scope(|scope| {
@@ -436,13 +449,6 @@ pub fn derive(log: &mut EventLog, config: &Config) -> Result<DeriveReport, Pipel
     report.diff = diff?;
     // The flags the diff module appended, and anything that came meanwhile.
     report.absorb(derive_views(log, config, true)?);
-    let wrote =
-        report.project.events_applied + report.alerts.events_read + report.alerts.started > 0;
-    // sled rewrites the tail of its current segment on every flush, even with nothing new: an
-    // idle run must not flush. (The diff module flushes its own writes.)
-    if wrote {
-        log.flush()?;
-    }
     Ok(report)
 }
 

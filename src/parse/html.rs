@@ -6,6 +6,7 @@
 //! (title, header, typed rows, notes, force column), so both sources give the same rows.
 
 use crate::record::{AnswerBody, Block};
+use crate::text::collapse_whitespace;
 
 /// Parses answer HTML into blocks. Never fails: anything unrecognised becomes text.
 pub fn parse_answer_html(html: &str) -> AnswerBody {
@@ -162,7 +163,7 @@ impl Builder {
                             // Text inside a table but outside any cell: kept as a row of its own
                             // when it has content.
                             None => {
-                                let trimmed = collapse(&decoded);
+                                let trimmed = collapse_whitespace(&decoded);
                                 if !trimmed.is_empty() {
                                     table.rows.push(vec![trimmed]);
                                 }
@@ -232,7 +233,7 @@ impl Builder {
                                 cell.push_str(&rendered.text);
                             }
                             None => {
-                                let text = collapse(&rendered.text);
+                                let text = collapse_whitespace(&rendered.text);
                                 if !text.is_empty() {
                                     end_row(outer);
                                     outer.rows.push(vec![text]);
@@ -278,7 +279,7 @@ impl Builder {
     }
 
     fn end_paragraph(&mut self) {
-        let text = collapse(&self.text);
+        let text = collapse_whitespace(&self.text);
         self.text.clear();
         if text.is_empty() {
             return;
@@ -313,7 +314,7 @@ impl Builder {
 fn end_cell(table: &mut TableState) {
     if let Some(cell) = table.cell.take() {
         let row = table.row.get_or_insert_with(Vec::new);
-        row.push(collapse(&cell));
+        row.push(collapse_whitespace(&cell));
         for _ in 1..table.colspan {
             row.push(String::new());
         }
@@ -355,53 +356,6 @@ fn finish_table(table: TableState) -> RenderedTable {
             .collect(),
     };
     RenderedTable { blocks, text }
-}
-
-/// Whitespace runs as one space, trimmed: `split_whitespace` joined with spaces, in one pass
-/// that copies text already in that form (words and lone spaces) in runs.
-fn collapse(s: &str) -> String {
-    // `char::is_whitespace` for ASCII, which (unlike `u8::is_ascii_whitespace`) has U+000B.
-    let white = |b: u8| b.is_ascii_whitespace() || b == 0x0B;
-    let bytes = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    // Where the text being copied as it is started; a space is due before the next run.
-    let mut run: Option<usize> = None;
-    let mut space_due = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        let (is_white, width) = if b.is_ascii() {
-            (white(b), 1)
-        } else {
-            let Some(c) = s[i..].chars().next() else {
-                break;
-            };
-            (c.is_whitespace(), c.len_utf8())
-        };
-        if !is_white {
-            if run.is_none() {
-                if space_due {
-                    out.push(' ');
-                }
-                run = Some(i);
-            }
-        } else if b == b' '
-            && run.is_some()
-            && bytes
-                .get(i + 1)
-                .is_some_and(|next| next.is_ascii() && !white(*next))
-        {
-            // A lone space between words is already collapsed: it stays in the run.
-        } else if let Some(start) = run.take() {
-            out.push_str(&s[start..i]);
-            space_due = true;
-        }
-        i += width;
-    }
-    if let Some(start) = run {
-        out.push_str(&s[start..]);
-    }
-    out
 }
 
 /// Decodes character references. Unknown or malformed ones are left as written.
@@ -478,21 +432,6 @@ fn decode_entity(name: &str) -> Option<char> {
 mod tests {
     use super::*;
     use crate::record::Cell;
-
-    proptest::proptest! {
-        /// The one-pass `collapse` is `split_whitespace` joined with spaces, whatever the text.
-        #[test]
-        fn collapse_is_split_whitespace_joined(
-            s in "([a-z,.é€]{1,5}( |  |\n|\t|\u{0b}|\u{a0}|\u{2003}| \u{2003}|\u{3000} )?){0,20} ?"
-        ) {
-            proptest::prop_assert_eq!(collapse(&s), s.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-
-        #[test]
-        fn collapse_of_any_string_is_split_whitespace_joined(s in proptest::prelude::any::<String>()) {
-            proptest::prop_assert_eq!(collapse(&s), s.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    }
 
     fn texts(body: &AnswerBody) -> Vec<String> {
         body.blocks

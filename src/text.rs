@@ -1,0 +1,121 @@
+//! Whitespace collapsing, shared by the HTML parser (paragraph and cell text) and the content
+//! hash (normalised text): text in, its pieces out with every whitespace run as one space and
+//! the ends trimmed, in one pass that hands on text already in that form as it is.
+
+/// Hands `sink` the text of `s` with each character mapped by `map`, every run of (mapped)
+/// whitespace as one space, and none at either end, in pieces. A lone ASCII space between two
+/// kept characters is already in that form, so ordinary prose goes to `sink` in one piece
+/// rather than a piece a word. `map` is only asked about non-ASCII characters: ASCII is kept.
+pub fn collapse_whitespace_into(s: &str, map: impl Fn(char) -> char, mut sink: impl FnMut(&str)) {
+    // `run_start..i` is text not yet handed on: kept as it is.
+    let mut started = false;
+    let mut space_pending = false;
+    let mut run_start = 0;
+    let mut utf8 = [0u8; 4];
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if PLAIN[b as usize] {
+            // The bulk of any text: printable ASCII, kept as it is, in a tight loop.
+            if space_pending {
+                sink(" ");
+                space_pending = false;
+            }
+            started = true;
+            i += 1;
+            while i < bytes.len() && PLAIN[bytes[i] as usize] {
+                i += 1;
+            }
+            continue;
+        }
+        if b.is_ascii() {
+            // ASCII whitespace (the rest of ASCII is `PLAIN`).
+            let lone_space = b == b' '
+                && started
+                && !space_pending
+                && bytes.get(i + 1).is_some_and(|next| PLAIN[*next as usize]);
+            if !lone_space {
+                if run_start < i {
+                    sink(&s[run_start..i]);
+                }
+                run_start = i + 1;
+                space_pending = started;
+            }
+            i += 1;
+            continue;
+        }
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        let width = c.len_utf8();
+        let mapped = map(c);
+        if mapped.is_whitespace() {
+            if run_start < i {
+                sink(&s[run_start..i]);
+            }
+            run_start = i + width;
+            space_pending = started;
+        } else {
+            if space_pending {
+                sink(" ");
+                space_pending = false;
+            }
+            started = true;
+            if mapped != c {
+                if run_start < i {
+                    sink(&s[run_start..i]);
+                }
+                sink(mapped.encode_utf8(&mut utf8));
+                run_start = i + width;
+            }
+        }
+        i += width;
+    }
+    if run_start < s.len() {
+        sink(&s[run_start..]);
+    }
+}
+
+/// `s` with every whitespace run as one space, trimmed: `split_whitespace` joined with spaces.
+pub fn collapse_whitespace(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    collapse_whitespace_into(s, |c| c, |piece| out.push_str(piece));
+    out
+}
+
+/// ASCII bytes that are not whitespace: kept as they are, whatever surrounds them.
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        // `char::is_whitespace` for ASCII (which, unlike `u8::is_ascii_whitespace`, has U+000B).
+        table[b] = !matches!(b as u8, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+        b += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    proptest::proptest! {
+        /// Collapsing is `split_whitespace` joined with spaces, whatever the text.
+        #[test]
+        fn collapse_is_split_whitespace_joined(
+            s in "([a-z,.é€]{1,5}( |  |\n|\t|\u{0b}|\u{a0}|\u{2003}| \u{2003}|\u{3000} )?){0,20} ?"
+        ) {
+            proptest::prop_assert_eq!(collapse_whitespace(&s), reference(&s));
+        }
+
+        #[test]
+        fn collapse_of_any_string_is_split_whitespace_joined(s in proptest::prelude::any::<String>()) {
+            proptest::prop_assert_eq!(collapse_whitespace(&s), reference(&s));
+        }
+    }
+}
