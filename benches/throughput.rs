@@ -269,7 +269,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .max(1);
-    let (cpu0, io0, server0) = (cpu_time(), written_bytes(), server_cpu_time());
+    let (cpu0, io0, server0, faults0) = (
+        cpu_time(),
+        written_bytes(),
+        server_cpu_time(),
+        minor_faults(),
+    );
     // Cycles run apart, as the daemon's do (a cron schedule), unless `BENCH_IDLE_GAP_MS=0`:
     // back to back they find caches warm and memory not yet given back.
     let gap = Duration::from_millis(
@@ -295,11 +300,12 @@ fn main() {
     let server = server_cpu_time() - server0;
     let cpu = (cpu_time() - cpu0).saturating_sub(server);
     println!(
-        "idle cycle (7-day overlap re-read, nothing new): {:.1} ms wall, {:.1} ms CPU (the in-process API server's {:.1} ms not counted), {} bytes written",
+        "idle cycle (7-day overlap re-read, nothing new): {:.1} ms wall, {:.1} ms CPU (the in-process API server's {:.1} ms not counted), {} bytes written, {} page faults",
         wall.as_secs_f64() * 1e3,
         cpu.as_secs_f64() * 1e3 / f64::from(repeat),
         server.as_secs_f64() * 1e3 / f64::from(repeat),
-        written_bytes().saturating_sub(io0) / u64::from(repeat)
+        written_bytes().saturating_sub(io0) / u64::from(repeat),
+        minor_faults().saturating_sub(faults0) / u64::from(repeat)
     );
     if let Some(cycle) = last {
         println!(
@@ -589,6 +595,19 @@ static SERVER_CPU_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 
 fn server_cpu_time() -> Duration {
     Duration::from_nanos(SERVER_CPU_NS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Minor page faults of this process so far (the in-process API server's included): memory
+/// given back to the system between cycles and touched again shows up here.
+fn minor_faults() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(usage.ru_minflt).unwrap_or(0)
 }
 
 /// CPU time of the calling thread.

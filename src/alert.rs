@@ -329,33 +329,39 @@ fn queue_event(
         }
         return Ok(0);
     }
-    let (kind, record, flag_kind): (&str, Option<AnswerRecord>, Option<&str>) =
-        match &envelope.event {
-            Event::FlagRaised { flag } => {
-                let record = flag
-                    .question
-                    .as_ref()
-                    .and(log.get(flag.derived_from)?)
-                    .and_then(|e| e.event.record().cloned());
-                ("flag", record, Some(flag.detail.kind()))
+    let (kind, flag_kind) = match &envelope.event {
+        Event::FlagRaised { flag } => ("flag", Some(flag.detail.kind())),
+        _ => ("answer", None),
+    };
+    let wanted = |sub: &&SubscriptionConfig| match flag_kind {
+        Some(k) => sub.flag_kinds.iter().any(|f| f == k),
+        None => sub.answer_events.iter().any(|e| e == envelope.event.kind()),
+    };
+    // Most events interest no subscription (and with none configured, none does): a flag's
+    // answer is only read from the log, and an answer only matched, for a subscription that
+    // wants this kind of event.
+    if !config.subscriptions.iter().any(|sub| wanted(&sub)) {
+        return Ok(0);
+    }
+    let flagged;
+    let record = match &envelope.event {
+        Event::FlagRaised { flag } => {
+            if flag.question.is_none() {
+                return Ok(0);
             }
-            event => match event.record() {
-                Some(r) => ("answer", Some(r.clone()), None),
-                None => return Ok(0),
-            },
-        };
+            flagged = log.get(flag.derived_from)?;
+            flagged.as_ref().and_then(|e| e.event.record())
+        }
+        event => event.record(),
+    };
     let Some(record) = record else { return Ok(0) };
     let mut queued = 0;
-    for sub in &config.subscriptions {
-        let wanted = match flag_kind {
-            Some(k) => sub.flag_kinds.iter().any(|f| f == k),
-            None => sub.answer_events.iter().any(|e| e == envelope.event.kind()),
-        };
-        if !wanted || !matches(sub, &config.topics, &record) {
+    for sub in config.subscriptions.iter().filter(wanted) {
+        if !matches(sub, &config.topics, record) {
             continue;
         }
         let start = subscription_start(state, sub, now)?;
-        if !in_time(start, &envelope.recorded_at, Some(&record)) {
+        if !in_time(start, &envelope.recorded_at, Some(record)) {
             continue;
         }
         let seq = format!("{:020}", envelope.seq);

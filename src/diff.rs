@@ -13,7 +13,7 @@
 //! it) before the state and checkpoint are committed together. A crash in between re-derives the
 //! same flags from the same state, and the log appends nothing twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -140,6 +140,58 @@ struct SeenFigure {
     seq: u64,
 }
 
+/// Where the last sighting of each figure is kept (`f/` + the figure's key: force, period,
+/// measure).
+const FIGURE_PREFIX: &[u8] = b"f/";
+/// Figures the cache holds before it starts again (about 150 bytes each).
+const FIGURE_CACHE_LIMIT: usize = 100_000;
+
+/// The committed sightings of figures looked up so far, absent ones included. A backfill looks
+/// up every figure of every table; from the tree, each lookup pulled a page back from disk
+/// (the log's writes churn sled's cache), a tenth of the diff module's time. Holds committed
+/// values only: the batch's own writes are read from the overlay first, the cache learns them
+/// when they are committed, and it is cleared on any error, when it may be ahead of the tree.
+#[derive(Default)]
+struct FigureCache {
+    committed: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl FigureCache {
+    fn seen(&mut self, state: &Overlay<'_>, key: &[u8]) -> Result<Option<SeenFigure>, DiffError> {
+        let bytes = match state.pending_value(key) {
+            Some(pending) => pending.clone(),
+            None => match self.committed.get(key) {
+                Some(committed) => committed.clone(),
+                None => {
+                    let stored = state.tree().get(key)?.map(|v| v.to_vec());
+                    self.insert(key.to_vec(), stored.clone());
+                    stored
+                }
+            },
+        };
+        bytes
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|e| {
+                DiffError::State(format!(
+                    "figure {} does not decode: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            })
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.committed.len() >= FIGURE_CACHE_LIMIT && !self.committed.contains_key(&key) {
+            self.committed.clear();
+        }
+        self.committed.insert(key, value);
+    }
+
+    fn clear(&mut self) {
+        self.committed = HashMap::new();
+    }
+}
+
 /// The checkpoint, when the flags are derived up to the log's head in the current format: then
 /// [`run`] has nothing to do (a cheap check, so that an idle cycle starts no thread for it).
 pub fn up_to_date(log: &EventLog) -> Result<Option<u64>, DiffError> {
@@ -183,6 +235,8 @@ pub struct DiffConsumer<'s> {
     checkpoint: u64,
     /// Loaded on first need: a run with no new answers never reads it.
     lsh: Option<LshIndex>,
+    /// Committed figures read so far (see [`FigureCache`]).
+    figures: FigureCache,
     /// Analysed, not yet committed (see [`DiffConsumer::prepare`]).
     prepared: Option<Prepared>,
     report: DiffReport,
@@ -233,6 +287,7 @@ impl<'s> DiffConsumer<'s> {
             tree,
             checkpoint,
             lsh: None,
+            figures: FigureCache::default(),
             prepared: None,
             report: DiffReport {
                 checkpoint,
@@ -261,6 +316,7 @@ impl<'s> DiffConsumer<'s> {
         let result = self.prepare_inner(log, batch);
         if result.is_err() {
             self.lsh = None;
+            self.figures.clear();
             self.prepared = None;
         }
         result
@@ -280,6 +336,7 @@ impl<'s> DiffConsumer<'s> {
         let result = self.commit_inner(log);
         if result.is_err() {
             self.lsh = None;
+            self.figures.clear();
         }
         result
     }
@@ -304,6 +361,7 @@ impl<'s> DiffConsumer<'s> {
                 envelope,
                 &mut overlay,
                 &mut self.lsh,
+                &mut self.figures,
                 &mut flags,
             )?;
         }
@@ -347,8 +405,17 @@ impl<'s> DiffConsumer<'s> {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.clone()))
             .collect();
+        let committed_figures: Vec<(Vec<u8>, Option<Vec<u8>>)> = prepared
+            .state
+            .range(FIGURE_PREFIX.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(FIGURE_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let state = Overlay::with_pending(&self.tree, prepared.state).into_batch(&extra);
         self.tree.apply_batch(state)?;
+        for (key, value) in committed_figures {
+            self.figures.insert(key, value);
+        }
         self.report.events_read += prepared.events;
         self.checkpoint = prepared.last;
         self.report.checkpoint = prepared.last;
@@ -400,6 +467,7 @@ fn analyse(
     envelope: &Envelope,
     state: &mut Overlay<'_>,
     lsh: &mut Option<LshIndex>,
+    figures: &mut FigureCache,
     flags: &mut Vec<Flag>,
 ) -> Result<(), DiffError> {
     let (Some(question), Some(record)) = (envelope.event.question(), envelope.event.record())
@@ -508,8 +576,9 @@ fn analyse(
 
     // Figures reported before with another value, and totals that do not add up.
     for stat in stats::statistics(record) {
-        let key = format!("f/{}", stat.key()).into_bytes();
-        if let Some(seen) = state.get_json::<SeenFigure>(&key)? {
+        let mut key = FIGURE_PREFIX.to_vec();
+        key.extend_from_slice(stat.key().as_bytes());
+        if let Some(seen) = figures.seen(state, &key)? {
             if seen.question != *question && (seen.value - stat.value).abs() > f64::EPSILON {
                 flags.push(flag(FlagDetail::FigureChanged {
                     force_id: stat.force_id.clone(),

@@ -373,9 +373,16 @@ pub fn mentions_in(text: &str) -> Vec<TextMention> {
     let mut found = Vec::new();
     let bytes = text.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        let at_word_start = i == 0 || !is_word_byte(bytes[i - 1]);
-        if at_word_start && bytes[i].is_ascii_uppercase() {
+    loop {
+        // A force's name starts a word: skip to the next word, and past words that cannot
+        // start one, a table lookup a byte (most of an answer is such words).
+        while i < bytes.len() && !WORD_BYTE[usize::from(bytes[i])] {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        if bytes[i].is_ascii_uppercase() {
             let rest = &text[i..];
             let patterns = text_patterns();
             if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
@@ -398,10 +405,24 @@ pub fn mentions_in(text: &str) -> Vec<TextMention> {
                 continue;
             }
         }
-        i += 1;
+        while i < bytes.len() && WORD_BYTE[usize::from(bytes[i])] {
+            i += 1;
+        }
     }
     found
 }
+
+/// [`is_word_byte`] as a table.
+const WORD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || byte >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b >= 0x80

@@ -87,6 +87,56 @@ fn each_matching_answer_is_queued_once_per_recipient() {
     assert_eq!(outbox(&log).unwrap().len(), 20);
 }
 
+/// A flag is matched against the answer it was raised on: here the two tracked-list flags (on
+/// answers about protection orders) are queued, the duplicate flag (on one that is not) and the answers
+/// themselves (not asked for) are not.
+#[test]
+fn a_flag_is_queued_when_the_answer_it_was_raised_on_matches() {
+    let (_dir, mut log) = open();
+    let config = config(
+        "answer_events = []\nflag_kinds = [\"tracked_list_changed\", \"duplicate_answer\"]\nkeywords = [\"Domestic Abuse Protection\"]\n",
+    );
+    ingest_sample(&mut log);
+    crate::pipeline::derive(&mut log, &config).unwrap();
+    let flags: Vec<(u64, String)> = log
+        .events_from(1)
+        .filter_map(|e| match e.unwrap() {
+            Envelope {
+                seq,
+                event: Event::FlagRaised { flag },
+                ..
+            } => Some((seq, flag.detail.kind().to_string())),
+            _ => None,
+        })
+        .collect();
+    let kinds: Vec<&str> = flags.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "duplicate_answer",
+            "tracked_list_changed",
+            "tracked_list_changed"
+        ]
+    );
+    let mut queued: Vec<(u64, &str)> = Vec::new();
+    let items = outbox(&log).unwrap();
+    for item in &items {
+        assert_eq!(item.kind, "flag");
+        queued.push((item.seqs[0], item.recipient.as_str()));
+    }
+    queued.sort();
+    let (tracked_a, tracked_b) = (flags[1].0, flags[2].0);
+    assert_eq!(
+        queued,
+        [
+            (tracked_a, "a@example.org"),
+            (tracked_a, "b@example.org"),
+            (tracked_b, "a@example.org"),
+            (tracked_b, "b@example.org"),
+        ]
+    );
+}
+
 #[test]
 fn delivery_records_each_alert_in_the_log_and_never_sends_it_again() {
     let (_dir, mut log) = open();
