@@ -63,10 +63,9 @@ impl DeriveReport {
 /// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
 /// state it would leave there.
 pub struct Follower {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    worker: Option<std::thread::JoinHandle<Result<DeriveReport, PipelineError>>>,
-    gate: Option<Arc<DiffGate>>,
-    diff_worker: Option<std::thread::JoinHandle<Result<DiffReport, PipelineError>>>,
+    threads: Option<Threads>,
+    /// Threads started by the first append (see [`Follower::start`]).
+    lazy: Option<Arc<LazyStart>>,
     /// Used when the threads could not be started: everything is derived at the end instead.
     fallback: Option<(EventLog, Config)>,
 }
@@ -86,17 +85,84 @@ impl Follower {
 
     /// [`Follower::start`] with groups of at least `group_events` new events (tests use small
     /// groups, to see many of them).
+    ///
+    /// When the diff module is already at the log's head, the threads are only started by the
+    /// first append: a cycle that finds nothing new (most of a daemon's) then starts no thread
+    /// and builds no gazetteer, and [`Follower::finish`] derives in one pass. With a backlog they
+    /// start at once, to catch up while the first page is requested.
     pub fn start_grouped(log: &mut EventLog, config: &Config, group_events: usize) -> Follower {
-        let fallback = || {
-            tracing::warn!("no derive thread; deriving after the append instead");
-            Follower {
-                stop: None,
-                worker: None,
-                gate: None,
-                diff_worker: None,
-                fallback: Some((log.clone(), config.clone())),
+        if matches!(diff::up_to_date(log), Ok(Some(_))) {
+            let lazy = Arc::new(LazyStart {
+                log: log.clone(),
+                config: config.clone(),
+                group_events,
+                state: std::sync::Mutex::new(LazyState::Waiting),
+            });
+            log.set_gate(Some(Arc::clone(&lazy) as Arc<dyn AppendGate>));
+            return Follower {
+                threads: None,
+                lazy: Some(lazy),
+                fallback: None,
+            };
+        }
+        match Threads::spawn(log, config, group_events) {
+            Some(threads) => {
+                log.set_gate(Some(Arc::clone(&threads.gate) as Arc<dyn AppendGate>));
+                Follower {
+                    threads: Some(threads),
+                    lazy: None,
+                    fallback: None,
+                }
             }
-        };
+            None => Follower {
+                threads: None,
+                lazy: None,
+                fallback: Some((log.clone(), config.clone())),
+            },
+        }
+    }
+
+    /// Stops following, derives up to the head, and returns what all runs did. The handle given
+    /// to `start` keeps a gate that no longer waits (the next `start` replaces it).
+    pub fn finish(mut self) -> Result<DeriveReport, PipelineError> {
+        if let Some(lazy) = self.lazy.take() {
+            match lazy.close() {
+                Some(threads) => self.threads = Some(threads),
+                None => self.fallback = Some((lazy.log.clone(), lazy.config.clone())),
+            }
+        }
+        if let Some((mut log, config)) = self.fallback.take() {
+            return derive(&mut log, &config);
+        }
+        match self.threads.take() {
+            Some(threads) => threads.finish(),
+            None => Ok(DeriveReport::default()),
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // Dropped without `finish` (an error path): stop the threads and wait for them, so that
+        // they never outlive the caller's use of the data dir.
+        if let Some(lazy) = self.lazy.take() {
+            drop(lazy.close());
+        }
+    }
+}
+
+/// The two threads of a [`Follower`]: the diff module, following the appends through `gate`,
+/// and the views and the outbox, following the log.
+struct Threads {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    worker: Option<std::thread::JoinHandle<Result<DeriveReport, PipelineError>>>,
+    gate: Arc<DiffGate>,
+    diff_worker: Option<std::thread::JoinHandle<Result<DiffReport, PipelineError>>>,
+}
+
+impl Threads {
+    /// `None` when a thread could not be started (none is left running).
+    fn spawn(log: &EventLog, config: &Config, group_events: usize) -> Option<Threads> {
         let gate = Arc::new(DiffGate::new(group_events));
         let diff_log = log.clone();
         let diff_gate = Arc::clone(&gate);
@@ -105,7 +171,8 @@ impl Follower {
             .name("diff".into())
             .spawn(move || follow_appends(diff_log, &settings, diff_gate))
         else {
-            return fallback();
+            tracing::warn!("no derive thread; deriving after the append instead");
+            return None;
         };
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let mut thread_log = log.clone();
@@ -129,24 +196,18 @@ impl Follower {
         let Ok(worker) = spawned else {
             gate.stop();
             let _ = diff_worker.join();
-            return fallback();
+            tracing::warn!("no derive thread; deriving after the append instead");
+            return None;
         };
-        log.set_gate(Some(Arc::clone(&gate) as Arc<dyn AppendGate>));
-        Follower {
+        Some(Threads {
             stop: Some(stop),
             worker: Some(worker),
-            gate: Some(gate),
+            gate,
             diff_worker: Some(diff_worker),
-            fallback: None,
-        }
+        })
     }
 
-    /// Stops following, derives up to the head, and returns what all runs did. The handle given
-    /// to `start` keeps a gate that no longer waits (the next `start` replaces it).
-    pub fn finish(mut self) -> Result<DeriveReport, PipelineError> {
-        if let Some((mut log, config)) = self.fallback.take() {
-            return derive(&mut log, &config);
-        }
+    fn finish(mut self) -> Result<DeriveReport, PipelineError> {
         // The diff module first: the final derive runs it again, from its checkpoint.
         let diff = self.stop_diff();
         drop(self.stop.take());
@@ -164,9 +225,7 @@ impl Follower {
     }
 
     fn stop_diff(&mut self) -> Result<DiffReport, PipelineError> {
-        if let Some(gate) = &self.gate {
-            gate.stop();
-        }
+        self.gate.stop();
         match self.diff_worker.take() {
             Some(worker) => worker
                 .join()
@@ -176,14 +235,79 @@ impl Follower {
     }
 }
 
-impl Drop for Follower {
+impl Drop for Threads {
     fn drop(&mut self) {
-        // Dropped without `finish` (an error path): stop the threads and wait for them, so that
-        // they never outlive the caller's use of the data dir.
         let _ = self.stop_diff();
         drop(self.stop.take());
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
+        }
+    }
+}
+
+/// The gate of a [`Follower`] whose threads wait for the first append.
+struct LazyStart {
+    log: EventLog,
+    config: Config,
+    group_events: usize,
+    state: std::sync::Mutex<LazyState>,
+}
+
+enum LazyState {
+    Waiting,
+    Running(Threads),
+    /// The threads could not be started: the appends go ahead and `finish` derives.
+    Failed,
+    /// Finished: later appends through the handle start nothing.
+    Closed,
+}
+
+impl LazyStart {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LazyState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The diff module's gate, the threads started if this is the first append.
+    fn gate(&self) -> Option<Arc<DiffGate>> {
+        let mut state = self.lock();
+        if matches!(*state, LazyState::Waiting) {
+            *state = match Threads::spawn(&self.log, &self.config, self.group_events) {
+                Some(threads) => LazyState::Running(threads),
+                None => LazyState::Failed,
+            };
+        }
+        match &*state {
+            LazyState::Running(threads) => Some(Arc::clone(&threads.gate)),
+            _ => None,
+        }
+    }
+
+    /// No more appends: the threads, if the first append started them.
+    fn close(&self) -> Option<Threads> {
+        match std::mem::replace(&mut *self.lock(), LazyState::Closed) {
+            LazyState::Running(threads) => Some(threads),
+            _ => None,
+        }
+    }
+}
+
+impl AppendGate for LazyStart {
+    fn before_append(&self) {
+        // The gate is cloned out first: waiting for the diff module holds no lock of ours.
+        if let Some(gate) = self.gate() {
+            gate.before_append();
+        }
+    }
+
+    fn appended(&self, last_seq: u64, events: usize) {
+        let gate = match &*self.lock() {
+            LazyState::Running(threads) => Some(Arc::clone(&threads.gate)),
+            _ => None,
+        };
+        if let Some(gate) = gate {
+            gate.appended(last_seq, events);
         }
     }
 }

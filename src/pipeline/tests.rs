@@ -204,3 +204,80 @@ fn a_failing_diff_module_stops_following_without_holding_up_the_appends() {
     assert!(err.contains("unknown version 9"), "{err}");
     assert_eq!(log.head().unwrap(), 6, "no flags, every answer");
 }
+
+fn events_without_times(log: &EventLog) -> Vec<serde_json::Value> {
+    log.events_from(1)
+        .map(|e| {
+            let mut value = serde_json::to_value(e.unwrap()).unwrap();
+            value.as_object_mut().unwrap().remove("recorded_at");
+            value
+        })
+        .collect()
+}
+
+/// A follower started with flags to catch up on starts its threads at once (the diff module
+/// catches up before the first append goes in); one started with none starts them at the first
+/// append. The log is the same either way.
+#[test]
+fn a_follower_started_with_a_backlog_gives_the_log_a_derive_first_would() {
+    let config = Config::defaults().unwrap();
+    let earlier = vec![answer(1, 1), answer(2, 1), answer(3, 2)];
+    let later = [
+        vec![answer(4, 2), answer(5, 3)],
+        vec![answer(6, 1), answer(7, 3)],
+    ];
+    let run = |derive_first: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+        log.append(earlier.clone(), "2026-11-29T00:00:00Z").unwrap();
+        if derive_first {
+            // Twice: the flags the first run appends are after its checkpoint until the
+            // second reads them.
+            derive(&mut log, &config).unwrap();
+            derive(&mut log, &config).unwrap();
+        }
+        assert_eq!(
+            diff::up_to_date(&log).unwrap().is_some(),
+            derive_first,
+            "the follower starts {}",
+            if derive_first { "lazily" } else { "at once" }
+        );
+        let follower = Follower::start_grouped(&mut log, &config, 2);
+        for batch in &later {
+            log.append(batch.clone(), "2026-11-29T00:00:00Z").unwrap();
+        }
+        follower.finish().unwrap();
+        events_without_times(&log)
+    };
+    let at_once = run(false);
+    assert!(at_once
+        .iter()
+        .any(|e| e["event"]["kind"] == "flag_raised" && e["event"]["flag"]["derived_from"] == 2));
+    assert_eq!(at_once, run(true));
+}
+
+/// A follower that saw no append starts nothing, and after `finish` appends through the same
+/// handle start nothing either: their flags wait for the next derive, none lands between them.
+#[test]
+fn appends_after_a_follower_finished_start_no_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(vec![answer(1, 1)], "2026-11-29T00:00:00Z")
+        .unwrap();
+    derive(&mut log, &config).unwrap();
+    let follower = Follower::start_grouped(&mut log, &config, 1);
+    let report = follower.finish().unwrap();
+    assert_eq!(report.diff.checkpoint, 1);
+    // Three appends with groups of one append: a running diff module would put the first's
+    // flag (a duplicate of question 1) right after the second, and the third would wait for it.
+    for (question, text) in [(2, 1), (3, 5), (4, 7)] {
+        log.append(vec![answer(question, text)], "2026-11-29T00:00:00Z")
+            .unwrap();
+    }
+    assert_eq!(log.head().unwrap(), 4, "no flag appended");
+    assert_eq!(diff::up_to_date(&log).unwrap(), None);
+    // Answer 2 repeats answer 1's text; answers 3 and 4 differ from it by a word.
+    let derived = derive(&mut log, &config).unwrap();
+    assert_eq!(derived.diff.flags_raised, 3);
+}
