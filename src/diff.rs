@@ -149,8 +149,9 @@ const FIGURE_CACHE_LIMIT: usize = 100_000;
 /// The committed sightings of figures looked up so far, absent ones included. A backfill looks
 /// up every figure of every table; from the tree, each lookup pulled a page back from disk
 /// (the log's writes churn sled's cache), a tenth of the diff module's time. Holds committed
-/// values only: the batch's own writes are read from the overlay first, the cache learns them
-/// when they are committed, and it is cleared on any error, when it may be ahead of the tree.
+/// values only: the batch's own writes are read from the overlay first, and the cache learns
+/// them once their batch is applied. Otherwise it only copies what it read from the tree, so it
+/// is never ahead of it, and an error needs nothing undone here.
 #[derive(Default)]
 struct FigureCache {
     committed: HashMap<Vec<u8>, Option<Vec<u8>>>,
@@ -185,10 +186,6 @@ impl FigureCache {
             self.committed.clear();
         }
         self.committed.insert(key, value);
-    }
-
-    fn clear(&mut self) {
-        self.committed = HashMap::new();
     }
 }
 
@@ -316,7 +313,6 @@ impl<'s> DiffConsumer<'s> {
         let result = self.prepare_inner(log, batch);
         if result.is_err() {
             self.lsh = None;
-            self.figures.clear();
             self.prepared = None;
         }
         result
@@ -336,7 +332,6 @@ impl<'s> DiffConsumer<'s> {
         let result = self.commit_inner(log);
         if result.is_err() {
             self.lsh = None;
-            self.figures.clear();
         }
         result
     }

@@ -417,14 +417,13 @@ const WORD_BYTE: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let byte = b as u8;
-        table[b] = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || byte >= 0x80;
+        table[b] = is_word_byte(b as u8);
         b += 1;
     }
     table
 };
 
-fn is_word_byte(b: u8) -> bool {
+const fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b >= 0x80
 }
 

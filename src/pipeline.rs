@@ -63,11 +63,7 @@ impl DeriveReport {
 /// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
 /// state it would leave there.
 pub struct Follower {
-    threads: Option<Threads>,
-    /// Threads started by the first append (see [`Follower::start`]).
-    lazy: Option<Arc<LazyStart>>,
-    /// Used when the threads could not be started: everything is derived at the end instead.
-    fallback: Option<(EventLog, Config)>,
+    gate: Arc<FollowerGate>,
 }
 
 /// The new events a group of followed appends holds at least before its flags go in (a fetch
@@ -91,52 +87,26 @@ impl Follower {
     /// and builds no gazetteer, and [`Follower::finish`] derives in one pass. With a backlog they
     /// start at once, to catch up while the first page is requested.
     pub fn start_grouped(log: &mut EventLog, config: &Config, group_events: usize) -> Follower {
-        if matches!(diff::up_to_date(log), Ok(Some(_))) {
-            let lazy = Arc::new(LazyStart {
-                log: log.clone(),
-                config: config.clone(),
-                group_events,
-                state: std::sync::Mutex::new(LazyState::Waiting),
-            });
-            log.set_gate(Some(Arc::clone(&lazy) as Arc<dyn AppendGate>));
-            return Follower {
-                threads: None,
-                lazy: Some(lazy),
-                fallback: None,
-            };
+        let gate = Arc::new(FollowerGate {
+            log: log.clone(),
+            config: config.clone(),
+            group_events,
+            state: std::sync::Mutex::new(Following::Waiting),
+        });
+        if !matches!(diff::up_to_date(log), Ok(Some(_))) {
+            gate.diff_gate();
         }
-        match Threads::spawn(log, config, group_events) {
-            Some(threads) => {
-                log.set_gate(Some(Arc::clone(&threads.gate) as Arc<dyn AppendGate>));
-                Follower {
-                    threads: Some(threads),
-                    lazy: None,
-                    fallback: None,
-                }
-            }
-            None => Follower {
-                threads: None,
-                lazy: None,
-                fallback: Some((log.clone(), config.clone())),
-            },
-        }
+        log.set_gate(Some(Arc::clone(&gate) as Arc<dyn AppendGate>));
+        Follower { gate }
     }
 
     /// Stops following, derives up to the head, and returns what all runs did. The handle given
     /// to `start` keeps a gate that no longer waits (the next `start` replaces it).
-    pub fn finish(mut self) -> Result<DeriveReport, PipelineError> {
-        if let Some(lazy) = self.lazy.take() {
-            match lazy.close() {
-                Some(threads) => self.threads = Some(threads),
-                None => self.fallback = Some((lazy.log.clone(), lazy.config.clone())),
-            }
-        }
-        if let Some((mut log, config)) = self.fallback.take() {
-            return derive(&mut log, &config);
-        }
-        match self.threads.take() {
+    pub fn finish(self) -> Result<DeriveReport, PipelineError> {
+        match self.gate.close() {
             Some(threads) => threads.finish(),
-            None => Ok(DeriveReport::default()),
+            // No append started the threads, or they could not be started: derive it all now.
+            None => derive(&mut self.gate.log.clone(), &self.gate.config),
         }
     }
 }
@@ -145,9 +115,7 @@ impl Drop for Follower {
     fn drop(&mut self) {
         // Dropped without `finish` (an error path): stop the threads and wait for them, so that
         // they never outlive the caller's use of the data dir.
-        if let Some(lazy) = self.lazy.take() {
-            drop(lazy.close());
-        }
+        drop(self.gate.close());
     }
 }
 
@@ -171,7 +139,6 @@ impl Threads {
             .name("diff".into())
             .spawn(move || follow_appends(diff_log, &settings, diff_gate))
         else {
-            tracing::warn!("no derive thread; deriving after the append instead");
             return None;
         };
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -196,7 +163,6 @@ impl Threads {
         let Ok(worker) = spawned else {
             gate.stop();
             let _ = diff_worker.join();
-            tracing::warn!("no derive thread; deriving after the append instead");
             return None;
         };
         Some(Threads {
@@ -245,15 +211,16 @@ impl Drop for Threads {
     }
 }
 
-/// The gate of a [`Follower`] whose threads wait for the first append.
-struct LazyStart {
+/// The gate a [`Follower`] puts on the caller's handle: it starts the threads (at once, or at
+/// the first append) and hands each append on to the diff module's [`DiffGate`].
+struct FollowerGate {
     log: EventLog,
     config: Config,
     group_events: usize,
-    state: std::sync::Mutex<LazyState>,
+    state: std::sync::Mutex<Following>,
 }
 
-enum LazyState {
+enum Following {
     Waiting,
     Running(Threads),
     /// The threads could not be started: the appends go ahead and `finish` derives.
@@ -262,48 +229,51 @@ enum LazyState {
     Closed,
 }
 
-impl LazyStart {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LazyState> {
+impl FollowerGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Following> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The diff module's gate, the threads started if this is the first append.
-    fn gate(&self) -> Option<Arc<DiffGate>> {
+    /// The diff module's gate, the threads started if they are waiting.
+    fn diff_gate(&self) -> Option<Arc<DiffGate>> {
         let mut state = self.lock();
-        if matches!(*state, LazyState::Waiting) {
+        if matches!(*state, Following::Waiting) {
             *state = match Threads::spawn(&self.log, &self.config, self.group_events) {
-                Some(threads) => LazyState::Running(threads),
-                None => LazyState::Failed,
+                Some(threads) => Following::Running(threads),
+                None => {
+                    tracing::warn!("no derive thread; deriving after the append instead");
+                    Following::Failed
+                }
             };
         }
         match &*state {
-            LazyState::Running(threads) => Some(Arc::clone(&threads.gate)),
+            Following::Running(threads) => Some(Arc::clone(&threads.gate)),
             _ => None,
         }
     }
 
-    /// No more appends: the threads, if the first append started them.
+    /// No more appends: the threads, if they were started.
     fn close(&self) -> Option<Threads> {
-        match std::mem::replace(&mut *self.lock(), LazyState::Closed) {
-            LazyState::Running(threads) => Some(threads),
+        match std::mem::replace(&mut *self.lock(), Following::Closed) {
+            Following::Running(threads) => Some(threads),
             _ => None,
         }
     }
 }
 
-impl AppendGate for LazyStart {
+impl AppendGate for FollowerGate {
     fn before_append(&self) {
         // The gate is cloned out first: waiting for the diff module holds no lock of ours.
-        if let Some(gate) = self.gate() {
+        if let Some(gate) = self.diff_gate() {
             gate.before_append();
         }
     }
 
     fn appended(&self, last_seq: u64, events: usize) {
         let gate = match &*self.lock() {
-            LazyState::Running(threads) => Some(Arc::clone(&threads.gate)),
+            Following::Running(threads) => Some(Arc::clone(&threads.gate)),
             _ => None,
         };
         if let Some(gate) = gate {

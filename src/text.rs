@@ -27,11 +27,11 @@ pub fn collapse_whitespace_into(s: &str, map: impl Fn(char) -> char, mut sink: i
             loop {
                 // Eight bytes at a time while they are prose that stays as it is, then a byte at
                 // a time up to the next byte that needs a look.
-                while let Some(word) = bytes.get(i..i + 8) {
-                    let word = u64::from_le_bytes([
-                        word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
-                    ]);
-                    if !kept_as_is(word) {
+                while let Some(word) = bytes
+                    .get(i..i + 8)
+                    .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                {
+                    if !kept_as_is(u64::from_le_bytes(word)) {
                         break;
                     }
                     i += 8;
