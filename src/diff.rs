@@ -13,7 +13,7 @@
 //! it) before the state and checkpoint are committed together. A crash in between re-derives the
 //! same flags from the same state, and the log appends nothing twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,7 +30,9 @@ use crate::overlay::{Overlay, OverlayError};
 use crate::record::AnswerRecord;
 use crate::stats;
 
+mod figures;
 mod lsh;
+use figures::{Figures, SeenFigure, Sightings};
 use lsh::LshIndex;
 
 const TREE: &str = "diff";
@@ -42,11 +44,13 @@ const BATCH: usize = 500;
 const MAX_WORDS_FOR_WORD_DIFF: usize = 20_000;
 const MINHASH_HASHES: usize = 128;
 const LSH_ROWS: usize = MINHASH_HASHES / lsh::BANDS;
-/// The state's format: "4" keeps the LSH index (band buckets by `band_buckets`), with each
-/// answer's exact-text digest, as one chunk per committed batch (`L` + seq). State without this
-/// marker is derived again.
+/// The state's format: "5" keeps the LSH index (band buckets by `band_buckets`), with each
+/// answer's exact-text digest, as one chunk per committed batch (`L` + seq), and the figures'
+/// last sightings as chunks too (`F` + seq, see `figures`). Format "4" (a key per figure) is
+/// upgraded on open; state without a marker is derived again.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"4";
+const FORMAT: &[u8] = b"5";
+const FORMAT_4: &[u8] = b"4";
 const LSH_CHUNK_PREFIX: &[u8] = b"L";
 
 #[derive(Debug, thiserror::Error)]
@@ -133,62 +137,6 @@ struct SeenAnswer {
     seq: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SeenFigure {
-    value: f64,
-    question: QuestionKey,
-    seq: u64,
-}
-
-/// Where the last sighting of each figure is kept (`f/` + the figure's key: force, period,
-/// measure).
-const FIGURE_PREFIX: &[u8] = b"f/";
-/// Figures the cache holds before it starts again (about 150 bytes each).
-const FIGURE_CACHE_LIMIT: usize = 100_000;
-
-/// The committed sightings of figures looked up so far, absent ones included. A backfill looks
-/// up every figure of every table; from the tree, each lookup pulled a page back from disk
-/// (the log's writes churn sled's cache), a tenth of the diff module's time. Holds committed
-/// values only: the batch's own writes are read from the overlay first, and the cache learns
-/// them once their batch is applied. Otherwise it only copies what it read from the tree, so it
-/// is never ahead of it, and an error needs nothing undone here.
-#[derive(Default)]
-struct FigureCache {
-    committed: HashMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl FigureCache {
-    fn seen(&mut self, state: &Overlay<'_>, key: &[u8]) -> Result<Option<SeenFigure>, DiffError> {
-        let bytes = match state.pending_value(key) {
-            Some(pending) => pending.clone(),
-            None => match self.committed.get(key) {
-                Some(committed) => committed.clone(),
-                None => {
-                    let stored = state.tree().get(key)?.map(|v| v.to_vec());
-                    self.insert(key.to_vec(), stored.clone());
-                    stored
-                }
-            },
-        };
-        bytes
-            .map(|b| serde_json::from_slice(&b))
-            .transpose()
-            .map_err(|e| {
-                DiffError::State(format!(
-                    "figure {} does not decode: {e}",
-                    String::from_utf8_lossy(key)
-                ))
-            })
-    }
-
-    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.committed.len() >= FIGURE_CACHE_LIMIT && !self.committed.contains_key(&key) {
-            self.committed.clear();
-        }
-        self.committed.insert(key, value);
-    }
-}
-
 /// The checkpoint, when the flags are derived up to the log's head in the current format: then
 /// [`run`] has nothing to do (a cheap check, so that an idle cycle starts no thread for it).
 pub fn up_to_date(log: &EventLog) -> Result<Option<u64>, DiffError> {
@@ -232,8 +180,8 @@ pub struct DiffConsumer<'s> {
     checkpoint: u64,
     /// Loaded on first need: a run with no new answers never reads it.
     lsh: Option<LshIndex>,
-    /// Committed figures read so far (see [`FigureCache`]).
-    figures: FigureCache,
+    /// The figures' last sightings, committed (loaded on first need).
+    figures: Figures,
     /// Analysed, not yet committed (see [`DiffConsumer::prepare`]).
     prepared: Option<Prepared>,
     report: DiffReport,
@@ -259,6 +207,7 @@ fn flag_observations(flags: &[Flag]) -> Vec<Observation> {
 struct Prepared {
     flags: Vec<Flag>,
     state: crate::overlay::Pending,
+    figures: figures::Pending,
     last: u64,
     events: u64,
 }
@@ -268,7 +217,14 @@ impl<'s> DiffConsumer<'s> {
         let tree = log.db().open_tree(TREE)?;
         let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
         let format = tree.get(FORMAT_KEY)?;
-        if checkpoint > 0 && format.as_deref() != Some(FORMAT) {
+        if checkpoint > 0 && format.as_deref() == Some(FORMAT_4) {
+            // Format 4 kept a key per figure: the same sightings become one chunk, in one write.
+            let mut batch = sled::Batch::default();
+            let figures = figures::upgrade_legacy_keys(&tree, checkpoint, &mut batch)?;
+            batch.insert(FORMAT_KEY, FORMAT);
+            tree.apply_batch(batch)?;
+            tracing::info!(figures, "diff: figure sightings upgraded to chunks");
+        } else if checkpoint > 0 && format.as_deref() != Some(FORMAT) {
             // State from the first format (a sled key per LSH bucket): derive it again from the
             // log. The flags it raised are already in the log, and appending them again appends
             // nothing, since a flag's identity is its content and the event that raised it.
@@ -284,7 +240,7 @@ impl<'s> DiffConsumer<'s> {
             tree,
             checkpoint,
             lsh: None,
-            figures: FigureCache::default(),
+            figures: Figures::default(),
             prepared: None,
             report: DiffReport {
                 checkpoint,
@@ -344,9 +300,19 @@ impl<'s> DiffConsumer<'s> {
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let (mut flags, pending, analysed) = match self.prepared.take() {
-            Some(prepared) => (prepared.flags, prepared.state, prepared.events),
-            None => (Vec::new(), crate::overlay::Pending::new(), 0),
+        let (mut flags, pending, mut figures, analysed) = match self.prepared.take() {
+            Some(prepared) => (
+                prepared.flags,
+                prepared.state,
+                prepared.figures,
+                prepared.events,
+            ),
+            None => (
+                Vec::new(),
+                crate::overlay::Pending::new(),
+                BTreeMap::new(),
+                0,
+            ),
         };
         let mut overlay = Overlay::with_pending(&self.tree, pending);
         for envelope in &events {
@@ -356,13 +322,17 @@ impl<'s> DiffConsumer<'s> {
                 envelope,
                 &mut overlay,
                 &mut self.lsh,
-                &mut self.figures,
+                Sightings {
+                    committed: &mut self.figures,
+                    pending: &mut figures,
+                },
                 &mut flags,
             )?;
         }
         self.prepared = Some(Prepared {
             flags,
             state: overlay.into_pending(),
+            figures,
             last,
             events: analysed + events.len() as u64,
         });
@@ -400,16 +370,13 @@ impl<'s> DiffConsumer<'s> {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.clone()))
             .collect();
-        let committed_figures: Vec<(Vec<u8>, Option<Vec<u8>>)> = prepared
-            .state
-            .range(FIGURE_PREFIX.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(FIGURE_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let state = Overlay::with_pending(&self.tree, prepared.state).into_batch(&extra);
+        let mut state = Overlay::with_pending(&self.tree, prepared.state).into_batch(&extra);
+        let figures = self
+            .figures
+            .stage(&self.tree, &mut state, last, prepared.figures)?;
         self.tree.apply_batch(state)?;
-        for (key, value) in committed_figures {
-            self.figures.insert(key, value);
+        if let Some(figures) = figures {
+            self.figures.applied(figures);
         }
         self.report.events_read += prepared.events;
         self.checkpoint = prepared.last;
@@ -462,7 +429,7 @@ fn analyse(
     envelope: &Envelope,
     state: &mut Overlay<'_>,
     lsh: &mut Option<LshIndex>,
-    figures: &mut FigureCache,
+    mut figures: Sightings<'_>,
     flags: &mut Vec<Flag>,
 ) -> Result<(), DiffError> {
     let (Some(question), Some(record)) = (envelope.event.question(), envelope.event.record())
@@ -571,9 +538,8 @@ fn analyse(
 
     // Figures reported before with another value, and totals that do not add up.
     for stat in stats::statistics(record) {
-        let mut key = FIGURE_PREFIX.to_vec();
-        key.extend_from_slice(stat.key().as_bytes());
-        if let Some(seen) = figures.seen(state, &key)? {
+        let key = stat.key().into_bytes();
+        if let Some(seen) = figures.last(state.tree(), &key)? {
             if seen.question != *question && (seen.value - stat.value).abs() > f64::EPSILON {
                 flags.push(flag(FlagDetail::FigureChanged {
                     force_id: stat.force_id.clone(),
@@ -587,9 +553,9 @@ fn analyse(
                 }));
             }
         }
-        state.put_json(
+        figures.record(
             key,
-            &SeenFigure {
+            SeenFigure {
                 value: stat.value,
                 question: question.clone(),
                 seq,
@@ -889,6 +855,15 @@ fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Puts the state back in format 4 (a key per figure), as an old data dir holds it.
+#[cfg(test)]
+pub(crate) fn downgrade_to_format_4(log: &EventLog) -> usize {
+    let tree = log.db().open_tree(TREE).unwrap();
+    let figures = figures::write_legacy_keys(&tree).unwrap();
+    tree.insert(FORMAT_KEY, FORMAT_4).unwrap();
+    figures
 }
 
 /// The diff module's checkpoint.

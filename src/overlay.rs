@@ -58,11 +58,6 @@ impl<'a> Overlay<'a> {
         !self.pending.is_empty()
     }
 
-    /// The write waiting under `key`, if any (`Some(None)`: a removal).
-    pub fn pending_value(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
-        self.pending.get(key)
-    }
-
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, OverlayError> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());

@@ -243,6 +243,49 @@ fn flags_do_not_depend_on_how_the_log_is_split_into_batches() {
     }
 }
 
+/// Format 4 of the diff state kept a key per figure: a data dir holding it is upgraded on open,
+/// and a figure seen before the upgrade is flagged against that sighting, as without it.
+#[test]
+fn figure_sightings_kept_as_keys_by_format_4_are_upgraded_with_the_same_flags() {
+    let config = config();
+    let settings = DiffSettings::new(&config.diff, &config.trackers);
+    let ops = mixed_ops();
+    // The first part holds Kent's 10, the second Kent's 12.
+    let (first, rest) = ops.split_at(6);
+    let flags = |downgrade: bool| {
+        let (_dir, mut log) = log_with(first);
+        diff::run(&mut log, &settings).unwrap();
+        if downgrade {
+            assert!(diff::downgrade_to_format_4(&log) > 0);
+            assert_eq!(diff::up_to_date(&log).unwrap(), None);
+        }
+        log.append(
+            rest.iter().map(observation).collect(),
+            "2026-01-02T00:00:00.000Z",
+        )
+        .unwrap();
+        // Upgraded, not derived again from the start.
+        let read = diff::run(&mut log, &settings).unwrap().events_read;
+        let tree = log.db().open_tree("diff").unwrap();
+        assert_eq!(tree.get(b"\x00format").unwrap().as_deref(), Some(&b"5"[..]));
+        assert_eq!(
+            tree.scan_prefix(b"f/").count(),
+            0,
+            "no key per figure is left"
+        );
+        (flags_after(&log, 1), read)
+    };
+    let (upgraded, read) = flags(true);
+    let (current, read_current) = flags(false);
+    assert_eq!(read, read_current, "events read after the upgrade");
+    assert_eq!(upgraded, current);
+    let figure_changed = upgraded
+        .iter()
+        .find(|e| e["event"]["flag"]["flag"] == "figure_changed")
+        .expect("Kent's figure changed");
+    assert_eq!(figure_changed["event"]["flag"]["previous_value"], 10.0);
+}
+
 #[test]
 fn a_crash_before_the_diff_checkpoint_raises_nothing_twice() {
     let config = config();
