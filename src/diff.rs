@@ -218,11 +218,10 @@ impl<'s> DiffConsumer<'s> {
         let mut checkpoint = crate::overlay::read_checkpoint(&tree, CHECKPOINT)?;
         let format = tree.get(FORMAT_KEY)?;
         if checkpoint > 0 && format.as_deref() == Some(FORMAT_4) {
-            // Format 4 kept a key per figure: the same sightings become one chunk, in one write.
-            let mut batch = sled::Batch::default();
-            let figures = figures::upgrade_legacy_keys(&tree, checkpoint, &mut batch)?;
-            batch.insert(FORMAT_KEY, FORMAT);
-            tree.apply_batch(batch)?;
+            // Format 4 kept a key per figure: the same sightings become one chunk.
+            let figures = figures::upgrade_legacy_keys(&tree, checkpoint)?;
+            tree.insert(FORMAT_KEY, FORMAT)?;
+            tree.flush()?;
             tracing::info!(figures, "diff: figure sightings upgraded to chunks");
         } else if checkpoint > 0 && format.as_deref() != Some(FORMAT) {
             // State from the first format (a sled key per LSH bucket): derive it again from the

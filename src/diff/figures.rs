@@ -168,32 +168,53 @@ impl Figures {
     }
 }
 
-/// Format 4 kept a key per figure (`f/` + its key, a JSON [`SeenFigure`]): adds to `batch` one
-/// chunk holding them all, at the checkpoint, and the removal of the keys. Returns how many.
-pub(super) fn upgrade_legacy_keys(
-    tree: &sled::Tree,
-    checkpoint: u64,
-    batch: &mut sled::Batch,
-) -> Result<usize, DiffError> {
-    let mut all = BTreeMap::new();
-    for entry in tree.scan_prefix(LEGACY_PREFIX) {
-        let (key, value) = entry?;
-        let seen: SeenFigure = serde_json::from_slice(&value).map_err(|e| {
-            DiffError::State(format!(
-                "figure {} does not decode: {e}",
-                String::from_utf8_lossy(&key)
-            ))
-        })?;
-        batch.remove(key.as_ref());
-        all.insert(key[LEGACY_PREFIX.len()..].to_vec(), seen);
-    }
-    if !all.is_empty() {
-        batch.insert(
-            chunk_key(checkpoint),
+/// Format 4 kept a key per figure (`f/` + its key, a JSON [`SeenFigure`]): writes one chunk
+/// holding them all, at the checkpoint, then removes the keys. Returns how many there were.
+///
+/// In steps rather than one atomic batch (sled held about 200 MB for one of 32,000 removals at
+/// 200,000 answers): the chunk first, then the keys a thousand at a time. Interrupted, it starts
+/// again on the next open (the caller marks the format only once it is done); a chunk already
+/// under the checkpoint was written by the interrupted run and holds every sighting.
+pub(super) fn upgrade_legacy_keys(tree: &sled::Tree, checkpoint: u64) -> Result<usize, DiffError> {
+    let chunk = chunk_key(checkpoint);
+    let mut count = 0;
+    if tree.get(&chunk)?.is_none() {
+        let mut all = BTreeMap::new();
+        for entry in tree.scan_prefix(LEGACY_PREFIX) {
+            let (key, value) = entry?;
+            let seen: SeenFigure = serde_json::from_slice(&value).map_err(|e| {
+                DiffError::State(format!(
+                    "figure {} does not decode: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            all.insert(key[LEGACY_PREFIX.len()..].to_vec(), seen);
+        }
+        if all.is_empty() {
+            return Ok(0);
+        }
+        count = all.len();
+        tree.insert(
+            chunk,
             encode_chunk(all.iter().map(|(k, v)| (k.as_slice(), v))),
-        );
+        )?;
     }
-    Ok(all.len())
+    loop {
+        let keys: Vec<sled::IVec> = tree
+            .scan_prefix(LEGACY_PREFIX)
+            .keys()
+            .take(1000)
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            break;
+        }
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(count)
 }
 
 fn chunk_key(last: u64) -> Vec<u8> {
@@ -433,9 +454,15 @@ mod tests {
         commit(&mut figures, &tree, 7, pending.clone());
         assert_eq!(write_legacy_keys(&tree).unwrap(), 2);
         assert_eq!(chunks(&tree), 0);
-        let mut batch = sled::Batch::default();
-        assert_eq!(upgrade_legacy_keys(&tree, 9, &mut batch).unwrap(), 2);
-        tree.apply_batch(batch).unwrap();
+        // Interrupted after the chunk and some of the removals: the next open finishes it.
+        let legacy: Vec<(sled::IVec, sled::IVec)> = tree
+            .scan_prefix(LEGACY_PREFIX)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(upgrade_legacy_keys(&tree, 9).unwrap(), 2);
+        let (key, value) = legacy[0].clone();
+        tree.insert(key, value).unwrap();
+        assert_eq!(upgrade_legacy_keys(&tree, 9).unwrap(), 0);
         assert_eq!(tree.scan_prefix(LEGACY_PREFIX).count(), 0);
         assert_eq!(chunks(&tree), 1);
         let mut fresh = Figures::default();
