@@ -211,12 +211,13 @@ impl Default for StoreOptions {
 
 /// Something that must happen between the appends made through one handle: `before_append`
 /// runs before an append takes the writer mutex (it may wait), `appended` once an append's new
-/// events are on disk, with the last sequence number they took. The pipeline uses it to keep
+/// events are on disk, with those events. The pipeline uses it to keep
 /// the diff module just behind a fetch or an ingest, with its flags at fixed places in the log.
 pub trait AppendGate: Send + Sync {
     fn before_append(&self);
-    /// `events`: how many new events the append wrote (at least one), ending with `last_seq`.
-    fn appended(&self, last_seq: u64, events: usize);
+    /// The new events the append wrote (at least one, in sequence order), as they were encoded:
+    /// a follower analyses them without reading them back.
+    fn appended(&self, events: Vec<Envelope>);
 }
 
 /// The log. Clones share the same open database, lock and writer mutex: the fetcher and the
@@ -449,24 +450,23 @@ impl EventLog {
         recorded_at: &str,
     ) -> Result<AppendReport, LogError> {
         let Some(gate) = self.gate.clone() else {
-            return self.append_batch(observations, recorded_at);
+            return self.append_batch(observations, recorded_at, None);
         };
         gate.before_append();
-        let report = self.append_batch(observations, recorded_at)?;
-        let last_seq = report.outcomes.iter().rev().find_map(|o| match o {
-            Appended::New { seq, .. } => Some(*seq),
-            Appended::Known { .. } => None,
-        });
-        if let Some(last_seq) = last_seq {
-            gate.appended(last_seq, report.appended());
+        let mut written = Vec::new();
+        let report = self.append_batch(observations, recorded_at, Some(&mut written))?;
+        if !written.is_empty() {
+            gate.appended(written);
         }
         Ok(report)
     }
 
+    /// `written`, when given, receives the new envelopes once they are on disk.
     fn append_batch(
         &mut self,
         observations: Vec<Observation>,
         recorded_at: &str,
+        written: Option<&mut Vec<Envelope>>,
     ) -> Result<AppendReport, LogError> {
         // A panic elsewhere while holding the mutex leaves nothing half-done here (the batch is
         // applied atomically or not at all), so a poisoned mutex is still usable.
@@ -482,6 +482,7 @@ impl EventLog {
         // Index entries read or written earlier in this same batch (those written are not yet
         // visible in the tree); a question's entry is written once, with all its new contents.
         let mut identities: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut new_envelopes = Vec::new();
         let mut questions: HashMap<QuestionKey, (QuestionContents, bool)> = HashMap::new();
 
         for observation in observations {
@@ -542,6 +543,9 @@ impl EventLog {
             let value = encode_envelope(&envelope)?;
             batch_bytes += (value.len() + 64) as u64;
             batch.insert(event_key(seq).to_vec(), value);
+            if written.is_some() {
+                new_envelopes.push(envelope);
+            }
             report.outcomes.push(Appended::New { seq, kind, revises });
             next += 1;
         }
@@ -567,6 +571,9 @@ impl EventLog {
                 .map_err(|e| self.write_failed(e))?;
             // Nothing is reported as appended until it is on disk (sled otherwise syncs every 500 ms).
             self.db.flush().map_err(|e| self.write_failed(e))?;
+            if let Some(written) = written {
+                *written = new_envelopes;
+            }
         }
         tracing::debug!(
             appended = report.appended(),

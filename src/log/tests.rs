@@ -593,3 +593,54 @@ fn open_waits_for_sled_to_let_go_of_its_files() {
     assert_eq!(log.head().unwrap(), 1);
     release.join().unwrap();
 }
+
+/// Keeps what an [`AppendGate`] is handed.
+#[derive(Default)]
+struct Handed(std::sync::Mutex<Vec<Envelope>>);
+
+impl AppendGate for Handed {
+    fn before_append(&self) {}
+    fn appended(&self, events: Vec<Envelope>) {
+        self.0.lock().unwrap().extend(events);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// The follower's diff module analyses the events an append hands its gate instead of reading
+    /// them back: they must be exactly what the log gives back, decimals in tables included
+    /// (however many digits: a float must parse back to the value written).
+    #[test]
+    fn the_events_handed_to_a_gate_are_those_the_log_reads_back(
+        decimals in proptest::collection::vec(("[0-9]{1,12}", "[0-9]{1,25}"), 1..6),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let handed = Arc::new(Handed::default());
+        log.set_gate(Some(Arc::clone(&handed) as Arc<dyn AppendGate>));
+        let mut lines = vec!["Figures below.".to_string(), "Police force | Rate |".to_string()];
+        for (whole, frac) in &decimals {
+            lines.push(format!("Kent | {whole}.{frac} |"));
+        }
+        let text = lines.join("\n");
+        let mut table_answer = record("How many?", &text);
+        table_answer.answer = crate::parse::parse_answer_lines(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let observations = vec![
+            Observation {
+                source: Source { uri: "test".into(), position: None, line: None },
+                payload: Payload::Answer(Box::new(table_answer)),
+            },
+            answer("Another question?", "Another answer."),
+            broken(b"\xff not a record"),
+        ];
+        log.append(observations, "2026-11-29T00:00:00Z").unwrap();
+        let handed = handed.0.lock().unwrap().clone();
+        proptest::prop_assert_eq!(handed.len(), 3);
+        proptest::prop_assert!(handed[0].event.record().unwrap().answer.tables().next().is_some());
+        for envelope in &handed {
+            let read_back = log.get(envelope.seq).unwrap();
+            proptest::prop_assert_eq!(Some(envelope), read_back.as_ref());
+        }
+    }
+}
