@@ -372,44 +372,63 @@ pub struct TextMention {
 pub fn mentions_in(text: &str) -> Vec<TextMention> {
     let mut found = Vec::new();
     let bytes = text.as_bytes();
-    let mut i = 0;
-    loop {
-        // A force's name starts a word: skip to the next word, and past words that cannot
-        // start one, a table lookup a byte (most of an answer is such words).
-        while i < bytes.len() && !WORD_BYTE[usize::from(bytes[i])] {
-            i += 1;
+    let mut from = 0;
+    // A force's name starts a word with a capital letter: only those places are tried, found
+    // eight bytes at a time (most of an answer is lower case: scanning it a byte at a time was
+    // a tenth of the fetching thread's time).
+    while let Some(i) = next_capital(bytes, from) {
+        from = i + 1;
+        if i > 0 && WORD_BYTE[usize::from(bytes[i - 1])] {
+            continue;
         }
-        if i >= bytes.len() {
-            break;
-        }
-        if bytes[i].is_ascii_uppercase() {
-            let rest = &text[i..];
-            let patterns = text_patterns();
-            if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
-                .iter()
-                .map(|&p| &patterns[p])
-                .find(|(form, _)| {
-                    rest.starts_with(form.as_str())
-                        && rest
-                            .as_bytes()
-                            .get(form.len())
-                            .is_none_or(|b| !is_word_byte(*b))
-                })
-            {
-                found.push(TextMention {
-                    force,
-                    offset: i,
-                    written: form.clone(),
-                });
-                i += form.len();
-                continue;
-            }
-        }
-        while i < bytes.len() && WORD_BYTE[usize::from(bytes[i])] {
-            i += 1;
+        let rest = &text[i..];
+        let patterns = text_patterns();
+        if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
+            .iter()
+            .map(|&p| &patterns[p])
+            .find(|(form, _)| {
+                rest.starts_with(form.as_str())
+                    && rest
+                        .as_bytes()
+                        .get(form.len())
+                        .is_none_or(|b| !is_word_byte(*b))
+            })
+        {
+            found.push(TextMention {
+                force,
+                offset: i,
+                written: form.clone(),
+            });
+            from = i + form.len();
         }
     }
     found
+}
+
+/// The first ASCII capital letter at or after `from`.
+fn next_capital(bytes: &[u8], mut from: usize) -> Option<usize> {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Per byte, without carries between bytes: bit 7 set when the byte is in 'A'..='Z'.
+        let y = x & LOW7;
+        let at_least_a = y + ONES * u64::from(0x80 - b'A');
+        let past_z = y + ONES * u64::from(0x80 - b'Z' - 1);
+        let capitals = at_least_a & !past_z & !x & HIGH;
+        if capitals != 0 {
+            return Some(from + (capitals.trailing_zeros() / 8) as usize);
+        }
+        from += 8;
+    }
+    bytes
+        .get(from..)?
+        .iter()
+        .position(u8::is_ascii_uppercase)
+        .map(|at| from + at)
 }
 
 /// [`is_word_byte`] as a table.
@@ -502,6 +521,74 @@ mod tests {
             "mps",
         ] {
             assert_eq!(lookup(name).map(|f| f.id), None, "{name:?}");
+        }
+    }
+
+    /// The scan before capitals were found eight bytes at a time, word start by word start.
+    fn mentions_in_reference(text: &str) -> Vec<TextMention> {
+        let mut found = Vec::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        loop {
+            while i < bytes.len() && !WORD_BYTE[usize::from(bytes[i])] {
+                i += 1;
+            }
+            if i >= bytes.len() {
+                break;
+            }
+            if bytes[i].is_ascii_uppercase() {
+                let rest = &text[i..];
+                let patterns = text_patterns();
+                if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
+                    .iter()
+                    .map(|&p| &patterns[p])
+                    .find(|(form, _)| {
+                        rest.starts_with(form.as_str())
+                            && rest
+                                .as_bytes()
+                                .get(form.len())
+                                .is_none_or(|b| !is_word_byte(*b))
+                    })
+                {
+                    found.push(TextMention {
+                        force,
+                        offset: i,
+                        written: form.clone(),
+                    });
+                    i += form.len();
+                    continue;
+                }
+            }
+            while i < bytes.len() && WORD_BYTE[usize::from(bytes[i])] {
+                i += 1;
+            }
+        }
+        found
+    }
+
+    fn positions(mentions: &[TextMention]) -> Vec<(usize, &'static str, String)> {
+        mentions
+            .iter()
+            .map(|m| (m.offset, m.force.id, m.written.clone()))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Force names (first letters A to W), their pieces, capitals, word joiners and
+        /// non-ASCII letters run together: the eight-byte scan finds what the byte-by-byte scan
+        /// found.
+        #[test]
+        fn mentions_match_the_reference(
+            pieces in proptest::collection::vec(
+                "(Avon and Somerset|Kent|Kent Police|Essex|Metropolitan|MPS|West Midlands|Greater Manchester|South Wales|Wales|Police|[A-Z]|[a-z]{1,3}|É|é|_|-|[ .,;(\\n]|[0-9])",
+                0..40,
+            ),
+        ) {
+            let text: String = pieces.concat();
+            proptest::prop_assert_eq!(
+                positions(&mentions_in(&text)),
+                positions(&mentions_in_reference(&text))
+            );
         }
     }
 

@@ -450,6 +450,14 @@ proptest! {
             keywords.push(chars[from..(from + len).min(chars.len())].iter().collect());
         }
         let search = SearchText::new(text.clone());
+        let mut words: Vec<&[u8]> = Vec::new();
+        for_each_word(&text, |word| words.push(word));
+        let reference: Vec<&[u8]> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::as_bytes)
+            .collect();
+        prop_assert_eq!(words, reference);
         for keyword in keywords {
             prop_assert_eq!(
                 search.contains_word(&keyword),
