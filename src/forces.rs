@@ -381,19 +381,7 @@ pub fn mentions_in(text: &str) -> Vec<TextMention> {
         if i > 0 && WORD_BYTE[usize::from(bytes[i - 1])] {
             continue;
         }
-        let rest = &text[i..];
-        let patterns = text_patterns();
-        if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
-            .iter()
-            .map(|&p| &patterns[p])
-            .find(|(form, _)| {
-                rest.starts_with(form.as_str())
-                    && rest
-                        .as_bytes()
-                        .get(form.len())
-                        .is_none_or(|b| !is_word_byte(*b))
-            })
-        {
+        if let Some((form, force)) = form_at(text, i) {
             found.push(TextMention {
                 force,
                 offset: i,
@@ -403,6 +391,23 @@ pub fn mentions_in(text: &str) -> Vec<TextMention> {
         }
     }
     found
+}
+
+/// The longest form of a force's name written at byte `i` of `text` and ending a word.
+fn form_at(text: &str, i: usize) -> Option<&'static (String, &'static Force)> {
+    let rest = text.get(i..)?;
+    let first = *rest.as_bytes().first()?;
+    let patterns = text_patterns();
+    patterns_by_first_byte()[usize::from(first)]
+        .iter()
+        .map(|&p| &patterns[p])
+        .find(|(form, _)| {
+            rest.starts_with(form.as_str())
+                && rest
+                    .as_bytes()
+                    .get(form.len())
+                    .is_none_or(|b| !is_word_byte(*b))
+        })
 }
 
 /// The first ASCII capital letter at or after `from`.
@@ -524,7 +529,7 @@ mod tests {
         }
     }
 
-    /// The scan before capitals were found eight bytes at a time, word start by word start.
+    /// The scan before capitals were found eight bytes at a time: word start by word start.
     fn mentions_in_reference(text: &str) -> Vec<TextMention> {
         let mut found = Vec::new();
         let bytes = text.as_bytes();
@@ -537,19 +542,7 @@ mod tests {
                 break;
             }
             if bytes[i].is_ascii_uppercase() {
-                let rest = &text[i..];
-                let patterns = text_patterns();
-                if let Some((form, force)) = patterns_by_first_byte()[usize::from(bytes[i])]
-                    .iter()
-                    .map(|&p| &patterns[p])
-                    .find(|(form, _)| {
-                        rest.starts_with(form.as_str())
-                            && rest
-                                .as_bytes()
-                                .get(form.len())
-                                .is_none_or(|b| !is_word_byte(*b))
-                    })
-                {
+                if let Some((form, force)) = form_at(text, i) {
                     found.push(TextMention {
                         force,
                         offset: i,

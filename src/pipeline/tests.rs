@@ -281,3 +281,35 @@ fn appends_after_a_follower_finished_start_no_thread() {
     let derived = derive(&mut log, &config).unwrap();
     assert_eq!(derived.diff.flags_raised, 3);
 }
+
+/// The diff module takes an append's events as the append handed them over, reading from the
+/// log only what comes before them; events that do not line up with the range are not trusted,
+/// and the range is read from the log instead.
+#[test]
+fn handed_events_are_used_only_where_they_line_up_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(
+        (0..6).map(|i| answer(i, i)).collect(),
+        "2026-11-29T00:00:00Z",
+    )
+    .unwrap();
+    let stored = log.read_batch(1, 6, usize::MAX).unwrap();
+    // Handed 4..=6: 1..=3 read from the log, the rest as handed.
+    let events = appended_events(&log, 1, 6, stored[3..].to_vec()).unwrap();
+    assert_eq!(events, stored);
+    // A stand-in for event 5 that differs from the log's: trusted only when the handed events
+    // line up, and here they do not (5 is missing), so everything is read.
+    let mut with_gap = vec![stored[3].clone(), stored[5].clone()];
+    with_gap[0].recorded_at = "not what the log holds".into();
+    assert_eq!(appended_events(&log, 1, 6, with_gap).unwrap(), stored);
+    // Handed events that start before the range, or end elsewhere: read.
+    let mut early = stored[1..].to_vec();
+    early[0].recorded_at = "not what the log holds".into();
+    assert_eq!(appended_events(&log, 3, 6, early).unwrap(), stored[2..]);
+    assert_eq!(
+        appended_events(&log, 1, 6, stored[3..5].to_vec()).unwrap(),
+        stored
+    );
+    assert_eq!(appended_events(&log, 1, 6, Vec::new()).unwrap(), stored);
+}
