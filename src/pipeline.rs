@@ -406,11 +406,16 @@ impl AppendGate for DiffGate {
             return;
         };
         self.update(|state| {
-            state.appends.push_back(Append {
-                last,
-                count: events.len(),
-                events,
-            })
+            // Stopped, nothing takes from the queue any more: kept, the envelopes of every later
+            // append would pile up until the follower finishes (a whole backfill after a failed
+            // diff thread).
+            if !state.stopped {
+                state.appends.push_back(Append {
+                    last,
+                    count: events.len(),
+                    events,
+                });
+            }
         });
     }
 }

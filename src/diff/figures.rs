@@ -23,6 +23,8 @@ const CHUNK_PREFIX: &[u8] = b"F";
 const LEGACY_PREFIX: &[u8] = b"f/";
 /// Chunk encoding version (the first byte of every chunk).
 const CHUNK_V1: u8 = 1;
+/// The longest key or question a chunk holds (their lengths are written as u16).
+const MAX_FIELD: usize = u16::MAX as usize;
 /// Chunks loaded at most before a commit rewrites them as one.
 const CHUNKS_BEFORE_SNAPSHOT: usize = 32;
 
@@ -71,9 +73,13 @@ impl Sightings<'_> {
         self.committed.seen(tree, self.pending, key)
     }
 
-    /// The figure `key` seen now, as `seen`.
+    /// The figure `key` seen now, as `seen`. A key or question longer than a chunk can hold
+    /// (65,535 bytes; a key is a force, a measure and a period) is not recorded: kept in memory
+    /// but cut on disk, the figure's flags would depend on whether the process restarted.
     pub fn record(&mut self, key: Vec<u8>, seen: SeenFigure) {
-        self.pending.insert(key, seen);
+        if key.len() <= MAX_FIELD && seen.question.0.len() <= MAX_FIELD {
+            self.pending.insert(key, seen);
+        }
     }
 }
 
@@ -198,6 +204,8 @@ pub(super) fn upgrade_legacy_keys(tree: &sled::Tree, checkpoint: u64) -> Result<
             chunk,
             encode_chunk(all.iter().map(|(k, v)| (k.as_slice(), v))),
         )?;
+        // On disk before any key goes: the removals must never survive a crash without it.
+        tree.flush()?;
     }
     loop {
         let keys: Vec<sled::IVec> = tree
@@ -234,14 +242,14 @@ fn chunk_name(key: &[u8]) -> String {
 }
 
 /// Version byte, then per sighting: key length (u16) and key, value (f64 bits), seq, question
-/// length (u16) and question. Keys and questions longer than 65,535 bytes are cut; a figure key
-/// is a force, a period and a measure, a question key a few dozen bytes.
+/// length (u16) and question. Longer keys and questions are never recorded
+/// ([`Sightings::record`]); were one here, it would be cut rather than break the chunk.
 fn encode_chunk<'a>(entries: impl Iterator<Item = (&'a [u8], &'a SeenFigure)>) -> Vec<u8> {
     let mut out = vec![CHUNK_V1];
     for (key, seen) in entries {
-        let key = &key[..key.len().min(u16::MAX as usize)];
+        let key = &key[..key.len().min(MAX_FIELD)];
         let question = seen.question.0.as_bytes();
-        let question = &question[..floor_char_boundary(&seen.question.0, u16::MAX as usize)];
+        let question = &question[..floor_char_boundary(&seen.question.0, MAX_FIELD)];
         out.extend_from_slice(&(key.len() as u16).to_be_bytes());
         out.extend_from_slice(key);
         out.extend_from_slice(&seen.value.to_bits().to_be_bytes());
@@ -472,6 +480,31 @@ mod tests {
                 Some(expected)
             );
         }
+    }
+
+    /// A figure whose key a chunk cannot hold is not tracked at all, rather than tracked until
+    /// the next restart.
+    #[test]
+    fn a_key_too_long_for_a_chunk_is_not_recorded() {
+        let (_dir, tree) = tree();
+        let mut figures = Figures::default();
+        let mut pending = Pending::new();
+        let long = vec![b'k'; MAX_FIELD + 1];
+        let mut sightings = Sightings {
+            committed: &mut figures,
+            pending: &mut pending,
+        };
+        sightings.record(long.clone(), seen(1.0, "q1", 1));
+        sightings.record(b"short".to_vec(), seen(2.0, "q1", 1));
+        assert_eq!(sightings.last(&tree, &long).unwrap(), None);
+        commit(&mut figures, &tree, 1, pending);
+        assert_eq!(figures.seen(&tree, &Pending::new(), &long).unwrap(), None);
+        let mut fresh = Figures::default();
+        assert_eq!(fresh.seen(&tree, &Pending::new(), &long).unwrap(), None);
+        assert_eq!(
+            fresh.seen(&tree, &Pending::new(), b"short").unwrap(),
+            Some(&seen(2.0, "q1", 1))
+        );
     }
 
     #[test]

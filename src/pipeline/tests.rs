@@ -313,3 +313,30 @@ fn handed_events_are_used_only_where_they_line_up_with_the_log() {
     );
     assert_eq!(appended_events(&log, 1, 6, Vec::new()).unwrap(), stored);
 }
+
+/// Once the diff thread has stopped (a failure), nothing takes from its queue: later appends
+/// must not pile their events up there until the follower finishes.
+#[test]
+fn a_stopped_diff_gate_keeps_no_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(
+        (0..3).map(|i| answer(i, i)).collect(),
+        "2026-11-29T00:00:00Z",
+    )
+    .unwrap();
+    let events = log.read_batch(1, 3, usize::MAX).unwrap();
+    let gate = DiffGate::new(1);
+    gate.appended(events[..1].to_vec());
+    gate.stop();
+    for _ in 0..100 {
+        gate.appended(events.clone());
+    }
+    assert_eq!(gate.lock().appends.len(), 1);
+    // What was queued before the stop is still handed out.
+    assert_eq!(
+        gate.take_append(0).map(|(last, e)| (last, e.len())),
+        Some((1, 1))
+    );
+    assert_eq!(gate.take_append(1), None);
+}
