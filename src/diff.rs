@@ -363,7 +363,7 @@ impl<'s> DiffConsumer<'s> {
             (FORMAT_KEY.to_vec(), FORMAT.to_vec()),
         ];
         if let Some(chunk) = self.lsh.as_mut().and_then(LshIndex::take_chunk) {
-            extra.push((lsh_chunk_key(last), chunk));
+            extra.push((chunk_key(LSH_CHUNK_PREFIX, last), chunk));
         }
         let extra: Vec<(&[u8], Vec<u8>)> = extra
             .iter()
@@ -396,25 +396,30 @@ impl<'s> DiffConsumer<'s> {
     }
 }
 
-/// LSH chunks sort by the checkpoint they were committed with, so they load oldest first.
-fn lsh_chunk_key(last: u64) -> Vec<u8> {
-    let mut key = LSH_CHUNK_PREFIX.to_vec();
+/// A chunk's key: `prefix` and the checkpoint it was committed with, big-endian, so that chunks
+/// (LSH and figure sightings) load oldest first.
+fn chunk_key(prefix: &[u8], last: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
     key.extend_from_slice(&last.to_be_bytes());
     key
+}
+
+/// How errors name the chunk under `key`.
+fn chunk_name(prefix: &[u8], key: &[u8]) -> String {
+    match key
+        .get(prefix.len()..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+    {
+        Some(seq) => format!("after event {}", u64::from_be_bytes(seq)),
+        None => format!("{key:?}"),
+    }
 }
 
 fn load_lsh(tree: &sled::Tree) -> Result<LshIndex, DiffError> {
     let mut raw = Vec::new();
     for entry in tree.scan_prefix(LSH_CHUNK_PREFIX) {
         let (k, v) = entry?;
-        let name = match k
-            .get(LSH_CHUNK_PREFIX.len()..)
-            .and_then(|b| b.try_into().ok())
-        {
-            Some(b) => format!("after event {}", u64::from_be_bytes(b)),
-            None => format!("{k:?}"),
-        };
-        raw.push((name, v));
+        raw.push((chunk_name(LSH_CHUNK_PREFIX, &k), v));
     }
     let index = LshIndex::load(raw.iter().map(|(name, v)| Ok((name.clone(), v.as_ref()))))
         .map_err(|e| DiffError::State(e.to_string()))?;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::event::QuestionKey;
 
-use super::DiffError;
+use super::{chunk_name, DiffError};
 
 /// Chunks of sightings sort by the checkpoint they were committed with, so they load oldest
 /// first and the later sighting of a figure wins.
@@ -77,7 +77,7 @@ impl Sightings<'_> {
     /// (65,535 bytes; a key is a force, a measure and a period) is not recorded: kept in memory
     /// but cut on disk, the figure's flags would depend on whether the process restarted.
     pub fn record(&mut self, key: Vec<u8>, seen: SeenFigure) {
-        if key.len() <= MAX_FIELD && seen.question.0.len() <= MAX_FIELD {
+        if fits(&key, &seen) {
             self.pending.insert(key, seen);
         }
     }
@@ -155,7 +155,7 @@ impl Figures {
             };
             for entry in tree.scan_prefix(CHUNK_PREFIX) {
                 let (key, value) = entry?;
-                decode_chunk(&chunk_name(&key), &value, |figure, seen| {
+                decode_chunk(&chunk_name(CHUNK_PREFIX, &key), &value, |figure, seen| {
                     loaded.latest.insert(figure.to_vec(), seen);
                 })?;
                 loaded.chunks.push(key.to_vec());
@@ -194,18 +194,21 @@ pub(super) fn upgrade_legacy_keys(tree: &sled::Tree, checkpoint: u64) -> Result<
                     String::from_utf8_lossy(&key)
                 ))
             })?;
-            all.insert(key[LEGACY_PREFIX.len()..].to_vec(), seen);
+            let figure = &key[LEGACY_PREFIX.len()..];
+            // As `Sightings::record` would have it: an overlong figure is not tracked.
+            if fits(figure, &seen) {
+                all.insert(figure.to_vec(), seen);
+            }
         }
-        if all.is_empty() {
-            return Ok(0);
+        if !all.is_empty() {
+            count = all.len();
+            tree.insert(
+                chunk,
+                encode_chunk(all.iter().map(|(k, v)| (k.as_slice(), v))),
+            )?;
+            // On disk before any key goes: the removals must never survive a crash without it.
+            tree.flush()?;
         }
-        count = all.len();
-        tree.insert(
-            chunk,
-            encode_chunk(all.iter().map(|(k, v)| (k.as_slice(), v))),
-        )?;
-        // On disk before any key goes: the removals must never survive a crash without it.
-        tree.flush()?;
     }
     loop {
         let keys: Vec<sled::IVec> = tree
@@ -226,30 +229,21 @@ pub(super) fn upgrade_legacy_keys(tree: &sled::Tree, checkpoint: u64) -> Result<
 }
 
 fn chunk_key(last: u64) -> Vec<u8> {
-    let mut key = CHUNK_PREFIX.to_vec();
-    key.extend_from_slice(&last.to_be_bytes());
-    key
+    super::chunk_key(CHUNK_PREFIX, last)
 }
 
-fn chunk_name(key: &[u8]) -> String {
-    match key
-        .get(CHUNK_PREFIX.len()..)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-    {
-        Some(seq) => format!("after event {}", u64::from_be_bytes(seq)),
-        None => format!("{key:?}"),
-    }
+/// Whether a chunk can hold the sighting (its lengths are written as u16).
+fn fits(key: &[u8], seen: &SeenFigure) -> bool {
+    key.len() <= MAX_FIELD && seen.question.0.len() <= MAX_FIELD
 }
 
 /// Version byte, then per sighting: key length (u16) and key, value (f64 bits), seq, question
-/// length (u16) and question. Longer keys and questions are never recorded
-/// ([`Sightings::record`]); were one here, it would be cut rather than break the chunk.
+/// length (u16) and question. Sightings that do not [`fits`] are never recorded; were one
+/// here, it would be left out rather than break the chunk.
 fn encode_chunk<'a>(entries: impl Iterator<Item = (&'a [u8], &'a SeenFigure)>) -> Vec<u8> {
     let mut out = vec![CHUNK_V1];
-    for (key, seen) in entries {
-        let key = &key[..key.len().min(MAX_FIELD)];
+    for (key, seen) in entries.filter(|(key, seen)| fits(key, seen)) {
         let question = seen.question.0.as_bytes();
-        let question = &question[..floor_char_boundary(&seen.question.0, MAX_FIELD)];
         out.extend_from_slice(&(key.len() as u16).to_be_bytes());
         out.extend_from_slice(key);
         out.extend_from_slice(&seen.value.to_bits().to_be_bytes());
@@ -258,16 +252,6 @@ fn encode_chunk<'a>(entries: impl Iterator<Item = (&'a [u8], &'a SeenFigure)>) -
         out.extend_from_slice(question);
     }
     out
-}
-
-fn floor_char_boundary(text: &str, at: usize) -> usize {
-    if at >= text.len() {
-        return text.len();
-    }
-    (0..=at)
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0)
 }
 
 fn decode_chunk(
