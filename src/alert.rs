@@ -529,6 +529,18 @@ fn ensure_indexes(tree: &sled::Tree) -> Result<(), AlertError> {
     Ok(())
 }
 
+/// Whether nothing in the outbox waits to be sent or gathered into a digest: until new events
+/// are derived, delivery has nothing to do, and the daemon may close the log.
+pub fn nothing_waiting(log: &EventLog) -> Result<bool, AlertError> {
+    let tree = log.db().open_tree(TREE)?;
+    if tree.scan_prefix(prefix(&["dq"])).next().is_some() {
+        return Ok(false);
+    }
+    Ok(counts_by_state(log)?
+        .iter()
+        .all(|(state, count)| state == "sent" || *count == 0))
+}
+
 /// Outbox items by state ("pending", "retrying", "sending", "sent"), read from the unsent index
 /// and the item count, without writing (a data dir from before those falls back to reading
 /// every item).

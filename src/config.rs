@@ -153,6 +153,9 @@ pub struct StoreConfig {
     pub cache_mb: u64,
     /// Free space (MiB) kept on the data dir's filesystem; 0 turns the check off.
     pub min_free_mb: u64,
+    /// The daemon closes the log while it waits for a cycle at least this many seconds away;
+    /// 0 keeps it open.
+    pub close_if_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -227,6 +227,7 @@ pub struct EventLog {
     dir: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    options: StoreOptions,
     min_free_bytes: u64,
     /// Set when sled failed to write: see `Drop`.
     poisoned: Arc<AtomicBool>,
@@ -243,6 +244,7 @@ impl Clone for EventLog {
             dir: self.dir.clone(),
             db: self.db.clone(),
             tree: self.tree.clone(),
+            options: self.options,
             min_free_bytes: self.min_free_bytes,
             poisoned: Arc::clone(&self.poisoned),
             _lock: Arc::clone(&self._lock),
@@ -281,7 +283,16 @@ impl EventLog {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io_err)?;
-        let lock = take_lock(dir)?;
+        let lock = Arc::new(take_lock(dir)?);
+        EventLog::open_locked(dir, options, lock)
+    }
+
+    /// Opens the log in `dir`, whose lock file this process already holds.
+    fn open_locked(
+        dir: &Path,
+        options: StoreOptions,
+        lock: Arc<File>,
+    ) -> Result<EventLog, LogError> {
         remove_unfinished_snapshots(&dir.join("sled"));
         let config = sled::Config::new()
             .path(dir.join("sled"))
@@ -299,9 +310,10 @@ impl EventLog {
             dir: dir.to_path_buf(),
             db,
             tree,
+            options,
             min_free_bytes: options.min_free_bytes,
             poisoned: Arc::new(AtomicBool::new(false)),
-            _lock: Arc::new(lock),
+            _lock: lock,
             writer: Arc::new(std::sync::Mutex::new(())),
             gate: None,
         };
@@ -889,6 +901,97 @@ fn quarantined(reason: String, raw: Vec<u8>) -> Event {
         reason,
         raw: raw_text,
         raw_base64,
+    }
+}
+
+/// The daemon's log: open while a cycle, a delivery or a query uses it, closed in between. An
+/// open sled holds memory in proportion to the log (its table of page locations and the pages
+/// read since: about 60 MB at 200,000 answers), which a daemon waiting for its next cycle has no
+/// use for; closed, the process keeps about 15 MB. The data dir's lock file stays held while the
+/// log is closed, so no other process takes the data dir between cycles.
+pub struct ClosableLog {
+    slot: std::sync::Mutex<Slot>,
+}
+
+enum Slot {
+    Open(EventLog),
+    Closed {
+        dir: PathBuf,
+        options: StoreOptions,
+        lock: Arc<File>,
+    },
+}
+
+impl ClosableLog {
+    pub fn new(log: EventLog) -> ClosableLog {
+        ClosableLog {
+            slot: std::sync::Mutex::new(Slot::Open(log)),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic elsewhere while the slot was held leaves it whole: each change is one assignment.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle on the log, opening it again if it is closed.
+    pub fn handle(&self) -> Result<EventLog, LogError> {
+        let mut slot = self.slot();
+        let log = match &*slot {
+            Slot::Open(log) => return Ok(log.clone()),
+            Slot::Closed { dir, options, lock } => {
+                let started = std::time::Instant::now();
+                let log = EventLog::open_locked(dir, *options, Arc::clone(lock))?;
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "log opened again"
+                );
+                log
+            }
+        };
+        *slot = Slot::Open(log.clone());
+        Ok(log)
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(&*self.slot(), Slot::Open(_))
+    }
+
+    /// Flushes and closes the log unless a handle on it is still in use (a query being
+    /// answered), or a write has failed (sled could not be closed cleanly: see `Drop`). Returns
+    /// whether the log is closed now.
+    pub fn close_if_unused(&self) -> Result<bool, LogError> {
+        let mut slot = self.slot();
+        let Slot::Open(log) = &*slot else {
+            return Ok(true);
+        };
+        // Every handle shares the writer mutex: one owner means no handle but the slot's.
+        if Arc::strong_count(&log.writer) > 1 || log.poisoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        log.flush()?;
+        let closed = Slot::Closed {
+            dir: log.dir.clone(),
+            options: log.options,
+            lock: Arc::clone(&log._lock),
+        };
+        // Dropping the last handle closes sled (its threads finish with the files shortly
+        // after, which `open_sled` waits for).
+        *slot = closed;
+        release_deferred_frees();
+        Ok(true)
+    }
+}
+
+/// sled frees much of its memory (pages read, IO buffers, its table of page locations) through
+/// crossbeam-epoch: a free is deferred until every thread has moved past the epoch in which the
+/// memory was last visible, and epochs only move when a thread pins one, a few deferred batches
+/// collected per pin. Once the log is closed nothing pins, so those frees would wait until it is
+/// opened again (about 9 MB at 200,000 answers, by heaptrack). Pinning and flushing here runs
+/// them: 2,000 rounds take about 2 ms and leave nothing of sled's behind but its global metrics.
+fn release_deferred_frees() {
+    for _ in 0..2000 {
+        crossbeam_epoch::pin().flush();
     }
 }
 

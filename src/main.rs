@@ -24,6 +24,16 @@ use answerfeed::shutdown::Shutdown;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Hands the memory this thread's heap holds free back to the OS, and takes in the pages other
+/// threads freed into it. The daemon calls it on the thread that closed the log: mimalloc
+/// otherwise keeps those pages until the thread allocates again (measured: 66 MB against 11 MB
+/// anonymous memory after closing the log of 200,000 answers).
+fn return_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only touches the calling thread's heap and
+    // mimalloc's shared free lists, under mimalloc's own synchronisation.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "answerfeed",
@@ -467,7 +477,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let schedule = Schedule::parse(&config.fetch.schedule, &config.fetch.timezone)
                 .map_err(|e| anyhow::anyhow!("fetch.schedule: {e}"))?;
-            let mut log = open_for_write(&data_dir, store, "daemon")?;
+            let log = open_for_write(&data_dir, store, "daemon")?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -483,12 +493,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown.install_signal_handlers()?;
                 let client = ApiClient::new(&config.fetch, shutdown.clone())?;
                 answerfeed::daemon::run(
-                    &mut log,
+                    log,
                     &client,
                     &config,
                     &schedule,
                     &shutdown,
                     Some(listener),
+                    return_freed_memory,
                 )
                 .await?;
                 anyhow::Ok(())

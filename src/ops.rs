@@ -19,7 +19,7 @@ use crate::commands::{self, CommandError};
 use crate::config::Config;
 use crate::event::Style;
 use crate::fetch::{CycleReport, SourceState};
-use crate::log::{EventLog, LogError, StoreOptions};
+use crate::log::{ClosableLog, EventLog, LogError, StoreOptions};
 use crate::project::{QuestionFilter, Views};
 use crate::schedule::Schedule;
 
@@ -284,8 +284,8 @@ impl Metrics {
             .fetch_add(report.failed, Ordering::Relaxed);
     }
 
-    /// The Prometheus text format.
-    pub fn render(&self, log: &EventLog) -> String {
+    /// The Prometheus text format; `status` is the data dir's, when it could be read.
+    pub fn render(&self, status: Option<&StatusReport>, log_open: bool) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -373,14 +373,20 @@ impl Metrics {
             "Fetch cycle duration.",
             lines,
         );
-        let head = log.head().unwrap_or(0);
+        metric(
+            "answerfeed_log_open",
+            "gauge",
+            "1 while the daemon has the log open, 0 while it is closed between cycles.",
+            vec![(String::new(), u8::from(log_open).to_string())],
+        );
+        let head = status.map_or(0, |s| s.log_head);
         metric(
             "answerfeed_log_head",
             "gauge",
             "Sequence number of the last event in the log.",
             vec![(String::new(), head.to_string())],
         );
-        if let Ok(report) = status(log, self.last_cycle().as_ref()) {
+        if let Some(report) = status {
             let outbox: Vec<(String, String)> = report
                 .outbox
                 .iter()
@@ -586,20 +592,96 @@ pub async fn forward(addr: &str, request: &RemoteRequest) -> Result<RemoteRespon
 
 /// What the HTTP handlers share with the daemon's loop.
 pub struct OpsState {
-    pub log: EventLog,
+    pub log: Arc<ClosableLog>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub schedule: Schedule,
+    /// The status as the log was closed. Only the daemon writes to the log, and it opens it
+    /// first, so while it is closed this is current: /metrics and /readyz answer from it
+    /// instead of opening the log for every scrape.
+    status_at_close: Mutex<Option<StatusReport>>,
 }
 
 impl OpsState {
+    pub fn new(
+        log: Arc<ClosableLog>,
+        config: Config,
+        metrics: Arc<Metrics>,
+        schedule: Schedule,
+    ) -> OpsState {
+        OpsState {
+            log,
+            config,
+            metrics,
+            schedule,
+            status_at_close: Mutex::new(None),
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Option<StatusReport>> {
+        self.status_at_close
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the log if no query is using it, first keeping its status for /metrics and
+    /// /readyz. Returns whether the log is closed.
+    pub fn close_log(&self) -> Result<bool, OpsError> {
+        if !self.log.is_open() {
+            return Ok(true);
+        }
+        let report = status(&self.log.handle()?, self.metrics.last_cycle().as_ref())?;
+        *self.remembered() = Some(report);
+        let closed = self.log.close_if_unused()?;
+        if !closed {
+            *self.remembered() = None;
+        }
+        Ok(closed)
+    }
+
+    /// A handle on the log for a cycle or a query, opening it if it is closed.
+    pub fn open_log(&self) -> Result<EventLog, OpsError> {
+        let log = self.log.handle()?;
+        *self.remembered() = None;
+        Ok(log)
+    }
+
+    /// The data dir's status: read from the log when it is open, else as it was closed (the
+    /// watermark lag counted to today).
+    pub fn status(&self) -> Result<StatusReport, OpsError> {
+        let remembered = self.remembered().clone();
+        if let Some(mut report) = remembered {
+            let today = chrono::Utc::now().date_naive();
+            for source in &mut report.sources {
+                source.lag_days = source.watermark.map(|w| (today - w).num_days());
+            }
+            return Ok(report);
+        }
+        status(&self.open_log()?, self.metrics.last_cycle().as_ref())
+    }
+
     /// Ready: the last fetch cycle succeeded, recently enough for the schedule.
     pub fn readiness(&self) -> Result<String, String> {
-        let states = crate::fetch::all_states(&self.log).map_err(|e| e.to_string())?;
+        // Taken out first: the guard must not be held while `open_log` takes it again.
+        let remembered = self.remembered().clone();
+        let stored: Vec<CycleReport> = match remembered {
+            Some(report) => report
+                .sources
+                .into_iter()
+                .filter_map(|s| s.last_cycle)
+                .collect(),
+            None => {
+                let log = self.open_log().map_err(|e| e.to_string())?;
+                crate::fetch::all_states(&log)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter_map(|(_, s)| s.last_cycle)
+                    .collect()
+            }
+        };
         let live = self.metrics.last_cycle();
-        let last = states
+        let last = stored
             .into_iter()
-            .filter_map(|(_, s)| s.last_cycle)
             .chain(live)
             .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
             .ok_or_else(|| "no fetch cycle has finished yet".to_string())?;
@@ -659,9 +741,12 @@ pub async fn serve(
         State(state): State<Arc<OpsState>>,
     ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
         let s = state.clone();
-        let text = tokio::task::spawn_blocking(move || s.metrics.render(&s.log))
-            .await
-            .unwrap_or_default();
+        let text = tokio::task::spawn_blocking(move || {
+            let status = s.status().ok();
+            s.metrics.render(status.as_ref(), s.log.is_open())
+        })
+        .await
+        .unwrap_or_default();
         (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4")],
@@ -673,8 +758,13 @@ pub async fn serve(
         Json(request): Json<RemoteRequest>,
     ) -> (StatusCode, Json<RemoteResponse>) {
         let s = state.clone();
-        match tokio::task::spawn_blocking(move || {
-            execute(&s.log, &s.config, s.metrics.last_cycle().as_ref(), &request)
+        match tokio::task::spawn_blocking(move || match s.open_log() {
+            Ok(log) => execute(&log, &s.config, s.metrics.last_cycle().as_ref(), &request),
+            Err(e) => RemoteResponse {
+                stdout: String::new(),
+                error: Some(e.to_string()),
+                exit_code: 1,
+            },
         })
         .await
         {
@@ -810,4 +900,57 @@ pub fn compact(data_dir: &Path, config: &Config, out: &mut dyn Write) -> Result<
         old.display()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_log_is_not_opened_for_metrics_readiness_or_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+        let config = Config::defaults().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        metrics.record_cycle(&CycleReport {
+            source: "api https://example.invalid".into(),
+            outcome: "ok".into(),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ..CycleReport::default()
+        });
+        let schedule = Schedule::parse("0 */15 * * * *", "UTC").unwrap();
+        let state = OpsState::new(Arc::new(ClosableLog::new(log)), config, metrics, schedule);
+        let open_status = state.status().unwrap();
+        let ready = state.readiness().unwrap();
+        assert!(ready.starts_with("ready: last cycle ok"), "{ready}");
+
+        assert!(state.close_log().unwrap());
+        assert!(!state.log.is_open());
+        let closed_status = state.status().unwrap();
+        assert_eq!(
+            serde_json::to_value(&closed_status).unwrap(),
+            serde_json::to_value(&open_status).unwrap()
+        );
+        let ready = state.readiness().unwrap();
+        assert!(ready.starts_with("ready: last cycle ok"), "{ready}");
+        let text = state
+            .metrics
+            .render(Some(&closed_status), state.log.is_open());
+        assert!(text.contains("\nanswerfeed_log_open 0\n"), "{text}");
+        assert!(
+            !state.log.is_open(),
+            "status, readiness and metrics left it closed"
+        );
+
+        // A query opens it; its status is read from the log again.
+        let log = state.open_log().unwrap();
+        assert!(state.log.is_open());
+        assert!(state.remembered().is_none());
+        // In use, it stays open (and nothing is kept for a closed log).
+        assert!(!state.close_log().unwrap());
+        assert!(state.remembered().is_none());
+        drop(log);
+        assert!(state.close_log().unwrap());
+        assert!(!state.log.is_open());
+    }
 }

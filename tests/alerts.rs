@@ -339,3 +339,71 @@ fn the_daemon_fetches_and_emails_each_new_answer_once() {
     assert_eq!(all.len(), 10, "nothing sent twice");
     assert_eq!(message_ids(&all).len(), 10);
 }
+
+#[test]
+fn a_daemon_that_closes_its_log_between_cycles_emails_each_new_answer_once() {
+    let sink = SmtpSink::start();
+    let mut records = support::api_server::fixture_records("questions.json");
+    // Published later, answered today: the next cycle's window holds it.
+    let mut late = records.pop().unwrap();
+    late["dateAnswered"] =
+        Value::String(chrono::Utc::now().format("%Y-%m-%dT00:00:00").to_string());
+    let server = ApiServer::start(records);
+    let env = env(
+        &sink,
+        POLICING,
+        "schedule = \"*/2 * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+    );
+    let log_file = env.tmp.path().join("daemon.log");
+    let mut daemon = bin(&env)
+        .args(["daemon", "--base-url", server.base_url().as_str()])
+        .env("RUST_LOG", "info,answerfeed::daemon=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    sink.wait_for(9, Duration::from_secs(60));
+    let closings = || {
+        std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .matches("log closed until the next cycle")
+            .count()
+    };
+    // The log is closed once the outbox is empty; the late answer arrives while it is closed.
+    let started = Instant::now();
+    while closings() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.upsert(late);
+    sink.wait_for(10, Duration::from_secs(60));
+    let after_late = closings();
+    // A few more cycles, each closing the log again: nothing is sent twice.
+    let started = Instant::now();
+    while closings() < after_late + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not closed again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let all = sink.messages();
+    assert_eq!(all.len(), 10, "nothing sent twice");
+    assert_eq!(message_ids(&all).len(), 10);
+}

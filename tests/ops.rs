@@ -376,3 +376,84 @@ fn the_shipped_deploy_files_are_valid() {
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
     assert!(dockerfile.contains("USER answerfeed"), "non-root");
 }
+
+/// Polls /metrics until `ready` holds for the text.
+fn wait_for_metrics(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some((200, text)) = get(port, "/metrics") {
+            if ready(&text) {
+                return text;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_closes_the_log_between_cycles_and_still_answers_and_fetches() {
+    let mut records = fixture_records("questions.json");
+    // Published later, answered today: the next cycle's window holds it.
+    let mut late = records.pop().unwrap();
+    late["dateAnswered"] =
+        Value::String(chrono::Utc::now().format("%Y-%m-%dT00:00:00").to_string());
+    let server = ApiServer::start(records);
+    let env = env(
+        "schedule = \"*/3 * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+    );
+    let daemon = start_daemon(&env, &server.base_url());
+    let open = |text: &str| sample(text, "answerfeed_log_open");
+    let ok_cycles = |text: &str| sample(text, "answerfeed_cycles_total{outcome=\"ok\"}");
+
+    // After its first cycle the daemon closes the log; /metrics and /readyz answer from the
+    // status kept as it was closed (that they do not open it is a unit test in `ops`).
+    let metrics = wait_for_metrics(env.ops_port, "closed after a cycle", |t| {
+        ok_cycles(t) >= Some(1.0) && open(t) == Some(0.0)
+    });
+    let head = sample(&metrics, "answerfeed_log_head").unwrap();
+    assert!(head >= 9.0, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "answerfeed_consumer_lag_events{consumer=\"views\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (code, body) = get(env.ops_port, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    // A query opens it again and gets the same answer as with the daemon stopped.
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(status["events_by_kind"]["answer_observed"], 9, "{status}");
+    // Another process still cannot take the data dir, open or closed.
+    wait_for_metrics(env.ops_port, "closed again", |t| open(t) == Some(0.0));
+    let write = run(&env, &["ingest", "/dev/null"]);
+    assert_eq!(write.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&write.stderr);
+    assert!(err.contains("stop it first"), "{err}");
+
+    // An answer published while the log is closed is fetched by the next cycle.
+    server.upsert(late);
+    wait_for_metrics(env.ops_port, "the late answer appended", |t| {
+        sample(
+            t,
+            "answerfeed_events_appended_total{kind=\"answer_observed\"}",
+        ) >= Some(10.0)
+            && open(t) == Some(0.0)
+    });
+    let questions = ok(run(&env, &["questions", "--json"]));
+    assert_eq!(questions.lines().count(), 10, "{questions}");
+    let verify = ok(run(&env, &["verify"]));
+    stop(daemon);
+    assert_eq!(ok(run(&env, &["verify"])), verify);
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(status["events_by_kind"]["answer_observed"], 10, "{status}");
+    for consumer in ["views", "diff", "alerts"] {
+        assert_eq!(
+            status["checkpoints"][consumer], status["log_head"],
+            "{consumer}"
+        );
+    }
+}

@@ -644,3 +644,61 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_closable_log_closes_only_when_unused_and_opens_again_with_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = ClosableLog::new(open(dir.path()));
+    let mut log = shared.handle().unwrap();
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    // A handle in use (a query being answered) keeps it open.
+    assert!(!shared.close_if_unused().unwrap());
+    assert!(shared.is_open());
+    drop(log);
+    assert!(shared.close_if_unused().unwrap());
+    assert!(!shared.is_open());
+    assert!(shared.close_if_unused().unwrap(), "closing twice is fine");
+    // Closed, the data dir stays locked to this log.
+    let err = EventLog::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Locked { .. }), "{err}");
+
+    // Opened again at once (sled's own file lock may still be held for a moment).
+    let mut log = shared.handle().unwrap();
+    assert!(shared.is_open());
+    assert_eq!(log.head().unwrap(), 2);
+    let report = log
+        .append(vec![answer("Q2", "A2"), answer("Q3", "A3")], NOW)
+        .unwrap();
+    assert_eq!(report.outcomes[0], Appended::Known { seq: 2 });
+    assert_eq!(log.head().unwrap(), 3);
+    drop(log);
+    for _ in 0..3 {
+        assert!(shared.close_if_unused().unwrap());
+        assert_eq!(shared.handle().unwrap().head().unwrap(), 3);
+    }
+    assert!(shared
+        .handle()
+        .unwrap()
+        .verify()
+        .unwrap()
+        .first_bad
+        .is_none());
+    drop(shared);
+    // Dropped, the lock is released.
+    assert_eq!(open(dir.path()).head().unwrap(), 3);
+}
+
+#[test]
+fn a_closable_log_is_not_closed_after_a_failed_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    // What a failed sled write sets (see `Drop`): closing would flush what was not written.
+    log.poisoned.store(true, Ordering::SeqCst);
+    let shared = ClosableLog::new(log);
+    assert!(!shared.close_if_unused().unwrap());
+    assert!(shared.is_open());
+    if let Ok(log) = shared.handle() {
+        log.poisoned.store(false, Ordering::SeqCst);
+    }
+}
