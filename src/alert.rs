@@ -531,10 +531,17 @@ fn ensure_indexes(tree: &sled::Tree) -> Result<(), AlertError> {
 
 /// Whether nothing in the outbox waits to be sent or gathered into a digest: until new events
 /// are derived, delivery has nothing to do, and the daemon may close the log.
-pub fn nothing_waiting(log: &EventLog) -> Result<bool, AlertError> {
+pub fn nothing_waiting(log: &EventLog, config: &Config) -> Result<bool, AlertError> {
     let tree = log.db().open_tree(TREE)?;
-    if tree.scan_prefix(prefix(&["dq"])).next().is_some() {
-        return Ok(false);
+    // Only the configured digests: a queue left by a subscription since removed never drains.
+    for sub in config.subscriptions.iter().filter(|s| s.mode == "digest") {
+        if tree
+            .scan_prefix(prefix(&["dq", &sub.name]))
+            .next()
+            .is_some()
+        {
+            return Ok(false);
+        }
     }
     Ok(counts_by_state(log)?
         .iter()

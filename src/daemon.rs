@@ -5,7 +5,7 @@
 //! cycle that overruns makes the next tick wait instead of piling up. SIGINT/SIGTERM end a sleep
 //! at once and end a cycle after its current page, flushed.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::fetch::{self, ApiClient, CycleOptions, FetchError};
@@ -15,9 +15,9 @@ use crate::shutdown::Shutdown;
 
 pub use crate::schedule::Schedule;
 
-/// How often the daemon wakes between fetch cycles while the log is open: to send alerts that
-/// are due, and to close the log again after a query has opened it.
-const WAKE_WHILE_OPEN: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often the daemon wakes between fetch cycles (with alerts, or closing the log): to send
+/// alerts that are due, and to close the log again after a command has opened it.
+const POLL: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -66,26 +66,56 @@ pub async fn run(
         Some(crate::alert::SmtpMailer::new(&full_config.smtp)?)
     };
     let close_if_idle = std::time::Duration::from_secs(full_config.store.close_if_idle_secs);
+    let closing = !close_if_idle.is_zero();
+    // Digests are made at their slots by a delivery run: one must run at each slot even while
+    // the log is closed, or the next answer would be sent at once, alone, instead of at the
+    // next slot.
+    let digest_schedules: Vec<Schedule> = full_config
+        .subscriptions
+        .iter()
+        .filter(|s| s.mode == "digest")
+        .filter_map(|s| Schedule::parse(&s.digest_schedule, &config.timezone).ok())
+        .collect();
+    let next_digest_after = |t| {
+        digest_schedules
+            .iter()
+            .filter_map(|s| s.next_after(t))
+            .min()
+    };
+    let mut next_digest = next_digest_after(Utc::now());
     let mut next_cycle = schedule.next_after(Utc::now());
     loop {
         let Some(next) = next_cycle else {
             tracing::warn!("the schedule has no further times; stopping");
             break;
         };
-        // Wake at the next cycle, or sooner to send alerts that are due (retries, digests) or
-        // to close the log once a query has opened it again.
-        let until_cycle = (next - Utc::now()).to_std().unwrap_or_default();
-        let wait = if ops.log.is_open() && (mailer.is_some() || !close_if_idle.is_zero()) {
-            until_cycle.min(WAKE_WHILE_OPEN)
-        } else {
-            until_cycle
-        };
+        // Wake at the next cycle or digest slot, and every 15 s to send alerts that are due
+        // (retries) or to close the log again after a command opened it.
+        let poll = mailer.is_some() || closing;
+        let wait = wait_until(Utc::now(), next, next_digest, poll);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.requested() => break,
         }
         if Utc::now() >= next {
-            let mut log = ops.open_log()?;
+            next_cycle = schedule.next_after(Utc::now());
+            let mut log = match ops.open_log() {
+                Ok(log) => log,
+                Err(e) => {
+                    // Reopening can fail for a moment (sled's lock still held, no file
+                    // descriptors left): the next tick tries again, and /readyz says so.
+                    tracing::error!(error = %e, "cannot open the log for the cycle");
+                    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    metrics.record_cycle(&fetch::CycleReport {
+                        source: fetch::source_id(client, config),
+                        started_at: now.clone(),
+                        finished_at: now,
+                        outcome: format!("failed: {e}"),
+                        ..fetch::CycleReport::default()
+                    });
+                    continue;
+                }
+            };
             let options = CycleOptions::default();
             // Flags and views are derived on a second thread while pages arrive; whatever
             // reached the log, even in a failed cycle, is flagged and projected by the end.
@@ -105,38 +135,31 @@ pub async fn run(
             // Computed from when the cycle ended: an overrun makes the next tick wait.
             next_cycle = schedule.next_after(Utc::now());
         }
-        // While the log is closed nothing waits in the outbox: it was empty when the log was
-        // closed, and only a cycle adds to it.
+        // While the log is closed nothing waits in the outbox (it was empty when the log was
+        // closed, and only a cycle adds to it) until a digest slot comes.
+        let digest_due = next_digest.is_some_and(|t| Utc::now() >= t);
         let mut outbox_empty = true;
-        if let (Some(mailer), true) = (&mailer, ops.log.is_open()) {
-            let mut log = ops.open_log()?;
-            let delivered = crate::alert::deliver(&mut log, full_config, mailer, Utc::now());
-            if let Ok(report) = &delivered {
-                metrics.record_delivery(report);
-                if report.sent > 0 {
-                    // Record the deliveries in the outbox's view of the log right away.
-                    crate::pipeline::derive(&mut log, full_config)?;
+        if let (Some(mailer), true) = (&mailer, ops.log.is_open() || digest_due) {
+            match ops.open_log() {
+                Ok(mut log) => {
+                    deliver(&mut log, full_config, mailer, &metrics)?;
+                    if closing {
+                        outbox_empty =
+                            crate::alert::nothing_waiting(&log, full_config).unwrap_or(false);
+                    }
+                    next_digest = next_digest_after(Utc::now());
                 }
+                Err(e) => tracing::error!(error = %e, "cannot open the log to send alerts"),
             }
-            match delivered {
-                Ok(report) if report.sent + report.failed > 0 => tracing::info!(
-                    sent = report.sent,
-                    failed = report.failed,
-                    waiting = report.waiting,
-                    "alerts"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "alert delivery failed"),
-            }
-            outbox_empty = crate::alert::nothing_waiting(&log).unwrap_or(false);
         }
         if shutdown.is_requested() {
             break;
         }
-        let idle = next_cycle
-            .and_then(|next| (next - Utc::now()).to_std().ok())
-            .is_none_or(|until| until >= close_if_idle);
-        if !close_if_idle.is_zero() && idle && outbox_empty && ops.log.is_open() {
+        if closing
+            && outbox_empty
+            && ops.log.is_open()
+            && far_enough(Utc::now(), next_cycle, next_digest, close_if_idle)
+        {
             match ops.close_log() {
                 Ok(true) => {
                     release_memory();
@@ -156,4 +179,123 @@ pub async fn run(
     }
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Sends the alerts that are due and records the deliveries.
+fn deliver(
+    log: &mut EventLog,
+    config: &Config,
+    mailer: &crate::alert::SmtpMailer,
+    metrics: &crate::ops::Metrics,
+) -> Result<(), DaemonError> {
+    let delivered = crate::alert::deliver(log, config, mailer, Utc::now());
+    if let Ok(report) = &delivered {
+        metrics.record_delivery(report);
+        if report.sent > 0 {
+            // Record the deliveries in the outbox's view of the log right away.
+            crate::pipeline::derive(log, config)?;
+        }
+    }
+    match delivered {
+        Ok(report) if report.sent + report.failed > 0 => tracing::info!(
+            sent = report.sent,
+            failed = report.failed,
+            waiting = report.waiting,
+            "alerts"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "alert delivery failed"),
+    }
+    Ok(())
+}
+
+/// How long to sleep: until the next cycle or digest slot, and at most [`POLL`] when polling.
+fn wait_until(
+    now: DateTime<Utc>,
+    next_cycle: DateTime<Utc>,
+    next_digest: Option<DateTime<Utc>>,
+    poll: bool,
+) -> std::time::Duration {
+    let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or_default();
+    let mut wait = until(next_cycle);
+    if let Some(digest) = next_digest {
+        wait = wait.min(until(digest));
+    }
+    if poll {
+        wait = wait.min(POLL);
+    }
+    wait
+}
+
+/// Whether the next cycle and the next digest slot are both at least `min` away (an overdue one
+/// is not): only then is closing the log worth opening it again.
+fn far_enough(
+    now: DateTime<Utc>,
+    next_cycle: Option<DateTime<Utc>>,
+    next_digest: Option<DateTime<Utc>>,
+    min: std::time::Duration,
+) -> bool {
+    let far = |t: Option<DateTime<Utc>>| {
+        t.is_none_or(|t| (t - now).to_std().is_ok_and(|until| until >= min))
+    };
+    far(next_cycle) && far(next_digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_loop_wakes_at_the_next_cycle_or_digest_slot_and_polls_when_asked() {
+        let now = at("2026-11-30T07:59:00Z");
+        let cycle = at("2026-11-30T09:00:00Z");
+        let digest = at("2026-11-30T08:00:00Z");
+        let secs = |d: std::time::Duration| d.as_secs();
+        assert_eq!(secs(wait_until(now, cycle, None, false)), 3660);
+        assert_eq!(secs(wait_until(now, cycle, Some(digest), false)), 60);
+        assert_eq!(secs(wait_until(now, cycle, Some(digest), true)), 15);
+        // Overdue: at once.
+        assert_eq!(
+            secs(wait_until(now, at("2026-11-30T07:00:00Z"), None, true)),
+            0
+        );
+    }
+
+    #[test]
+    fn the_log_is_closed_only_when_the_next_cycle_and_digest_slot_are_far_enough() {
+        let now = at("2026-11-30T07:59:00Z");
+        let min = std::time::Duration::from_secs(60);
+        let cycle = Some(at("2026-11-30T09:00:00Z"));
+        assert!(far_enough(now, cycle, None, min));
+        assert!(far_enough(now, None, None, min), "no further cycle");
+        assert!(far_enough(
+            now,
+            cycle,
+            Some(at("2026-11-30T08:00:00Z")),
+            min
+        ));
+        assert!(!far_enough(
+            now,
+            cycle,
+            Some(at("2026-11-30T07:59:30Z")),
+            min
+        ));
+        assert!(!far_enough(
+            now,
+            Some(at("2026-11-30T07:59:59Z")),
+            None,
+            min
+        ));
+        // An overdue cycle (a slow delivery ran past it) is not far: it runs next.
+        assert!(!far_enough(
+            now,
+            Some(at("2026-11-30T07:58:00Z")),
+            None,
+            min
+        ));
+    }
 }

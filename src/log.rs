@@ -907,29 +907,43 @@ fn quarantined(reason: String, raw: Vec<u8>) -> Event {
 /// The daemon's log: open while a cycle, a delivery or a query uses it, closed in between. An
 /// open sled holds memory in proportion to the log (its table of page locations and the pages
 /// read since: about 60 MB at 200,000 answers), which a daemon waiting for its next cycle has no
-/// use for; closed, the process keeps about 15 MB. The data dir's lock file stays held while the
-/// log is closed, so no other process takes the data dir between cycles.
-pub struct ClosableLog {
-    slot: std::sync::Mutex<Slot>,
+/// use for; closed, the process keeps about 15-30 MB. The data dir's lock file stays held while
+/// the log is closed, so no other process takes the data dir between cycles.
+///
+/// Closing keeps a memo of the log (`M`, computed from it just before): nothing changes a
+/// closed log, so what was read then still holds, and readers that only need that (the ops
+/// endpoint's status) need not open it. Memo and state change under one lock, so a memo is
+/// never served for a log that has been opened since.
+pub struct ClosableLog<M> {
+    slot: std::sync::Mutex<Slot<M>>,
 }
 
-enum Slot {
+enum Slot<M> {
     Open(EventLog),
     Closed {
         dir: PathBuf,
         options: StoreOptions,
         lock: Arc<File>,
+        memo: M,
     },
 }
 
-impl ClosableLog {
-    pub fn new(log: EventLog) -> ClosableLog {
+/// What [`ClosableLog::memo_or_handle`] gives.
+pub enum MemoOrHandle<M> {
+    /// The log is closed: its memo.
+    Memo(M),
+    /// The log is open: a handle on it.
+    Handle(EventLog),
+}
+
+impl<M: Clone> ClosableLog<M> {
+    pub fn new(log: EventLog) -> ClosableLog<M> {
         ClosableLog {
             slot: std::sync::Mutex::new(Slot::Open(log)),
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot<M>> {
         // A panic elsewhere while the slot was held leaves it whole: each change is one assignment.
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -939,7 +953,9 @@ impl ClosableLog {
         let mut slot = self.slot();
         let log = match &*slot {
             Slot::Open(log) => return Ok(log.clone()),
-            Slot::Closed { dir, options, lock } => {
+            Slot::Closed {
+                dir, options, lock, ..
+            } => {
                 let started = std::time::Instant::now();
                 let log = EventLog::open_locked(dir, *options, Arc::clone(lock))?;
                 tracing::debug!(
@@ -953,14 +969,25 @@ impl ClosableLog {
         Ok(log)
     }
 
+    /// The memo if the log is closed, else a handle on it; never opens it.
+    pub fn memo_or_handle(&self) -> MemoOrHandle<M> {
+        match &*self.slot() {
+            Slot::Open(log) => MemoOrHandle::Handle(log.clone()),
+            Slot::Closed { memo, .. } => MemoOrHandle::Memo(memo.clone()),
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(&*self.slot(), Slot::Open(_))
     }
 
-    /// Flushes and closes the log unless a handle on it is still in use (a query being
-    /// answered), or a write has failed (sled could not be closed cleanly: see `Drop`). Returns
-    /// whether the log is closed now.
-    pub fn close_if_unused(&self) -> Result<bool, LogError> {
+    /// Flushes and closes the log, keeping `memo` of it, unless a handle on it is still in use
+    /// (a query being answered) or a write has failed (sled could not be closed cleanly: see
+    /// `Drop`). Returns whether the log is closed now.
+    pub fn close_if_unused<E: From<LogError>>(
+        &self,
+        memo: impl FnOnce(&EventLog) -> Result<M, E>,
+    ) -> Result<bool, E> {
         let mut slot = self.slot();
         let Slot::Open(log) = &*slot else {
             return Ok(true);
@@ -969,11 +996,13 @@ impl ClosableLog {
         if Arc::strong_count(&log.writer) > 1 || log.poisoned.load(Ordering::SeqCst) {
             return Ok(false);
         }
+        let memo = memo(log)?;
         log.flush()?;
         let closed = Slot::Closed {
             dir: log.dir.clone(),
             options: log.options,
             lock: Arc::clone(&log._lock),
+            memo,
         };
         // Dropping the last handle closes sled (its threads finish with the files shortly
         // after, which `open_sled` waits for).

@@ -19,7 +19,7 @@ use crate::commands::{self, CommandError};
 use crate::config::Config;
 use crate::event::Style;
 use crate::fetch::{CycleReport, SourceState};
-use crate::log::{ClosableLog, EventLog, LogError, StoreOptions};
+use crate::log::{ClosableLog, EventLog, LogError, MemoOrHandle, StoreOptions};
 use crate::project::{QuestionFilter, Views};
 use crate::schedule::Schedule;
 
@@ -590,21 +590,20 @@ pub async fn forward(addr: &str, request: &RemoteRequest) -> Result<RemoteRespon
     serde_json::from_slice(&bytes).map_err(|e| daemon_err(format!("unreadable answer: {e}")))
 }
 
-/// What the HTTP handlers share with the daemon's loop.
+/// What the HTTP handlers share with the daemon's loop. The log's memo, kept as it is closed,
+/// is its status: only the daemon writes to the log, and it opens it first, so while the log is
+/// closed that status is current, and /metrics and /readyz answer from it instead of opening
+/// the log for every scrape.
 pub struct OpsState {
-    pub log: Arc<ClosableLog>,
+    pub log: Arc<ClosableLog<StatusReport>>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub schedule: Schedule,
-    /// The status as the log was closed. Only the daemon writes to the log, and it opens it
-    /// first, so while it is closed this is current: /metrics and /readyz answer from it
-    /// instead of opening the log for every scrape.
-    status_at_close: Mutex<Option<StatusReport>>,
 }
 
 impl OpsState {
     pub fn new(
-        log: Arc<ClosableLog>,
+        log: Arc<ClosableLog<StatusReport>>,
         config: Config,
         metrics: Arc<Metrics>,
         schedule: Schedule,
@@ -614,70 +613,49 @@ impl OpsState {
             config,
             metrics,
             schedule,
-            status_at_close: Mutex::new(None),
         }
     }
 
-    fn remembered(&self) -> std::sync::MutexGuard<'_, Option<StatusReport>> {
-        self.status_at_close
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Closes the log if no query is using it, first keeping its status for /metrics and
-    /// /readyz. Returns whether the log is closed.
+    /// Closes the log if no query is using it, keeping its status. Returns whether the log is
+    /// closed.
     pub fn close_log(&self) -> Result<bool, OpsError> {
-        if !self.log.is_open() {
-            return Ok(true);
-        }
-        let report = status(&self.log.handle()?, self.metrics.last_cycle().as_ref())?;
-        *self.remembered() = Some(report);
-        let closed = self.log.close_if_unused()?;
-        if !closed {
-            *self.remembered() = None;
-        }
-        Ok(closed)
+        self.log
+            .close_if_unused(|log| status(log, self.metrics.last_cycle().as_ref()))
     }
 
     /// A handle on the log for a cycle or a query, opening it if it is closed.
     pub fn open_log(&self) -> Result<EventLog, OpsError> {
-        let log = self.log.handle()?;
-        *self.remembered() = None;
-        Ok(log)
+        Ok(self.log.handle()?)
     }
 
     /// The data dir's status: read from the log when it is open, else as it was closed (the
     /// watermark lag counted to today).
     pub fn status(&self) -> Result<StatusReport, OpsError> {
-        let remembered = self.remembered().clone();
-        if let Some(mut report) = remembered {
-            let today = chrono::Utc::now().date_naive();
-            for source in &mut report.sources {
-                source.lag_days = source.watermark.map(|w| (today - w).num_days());
+        match self.log.memo_or_handle() {
+            MemoOrHandle::Handle(log) => status(&log, self.metrics.last_cycle().as_ref()),
+            MemoOrHandle::Memo(mut report) => {
+                let today = chrono::Utc::now().date_naive();
+                for source in &mut report.sources {
+                    source.lag_days = source.watermark.map(|w| (today - w).num_days());
+                }
+                Ok(report)
             }
-            return Ok(report);
         }
-        status(&self.open_log()?, self.metrics.last_cycle().as_ref())
     }
 
     /// Ready: the last fetch cycle succeeded, recently enough for the schedule.
     pub fn readiness(&self) -> Result<String, String> {
-        // Taken out first: the guard must not be held while `open_log` takes it again.
-        let remembered = self.remembered().clone();
-        let stored: Vec<CycleReport> = match remembered {
-            Some(report) => report
+        let stored: Vec<CycleReport> = match self.log.memo_or_handle() {
+            MemoOrHandle::Memo(report) => report
                 .sources
                 .into_iter()
                 .filter_map(|s| s.last_cycle)
                 .collect(),
-            None => {
-                let log = self.open_log().map_err(|e| e.to_string())?;
-                crate::fetch::all_states(&log)
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .filter_map(|(_, s)| s.last_cycle)
-                    .collect()
-            }
+            MemoOrHandle::Handle(log) => crate::fetch::all_states(&log)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|(_, s)| s.last_cycle)
+                .collect(),
         };
         let live = self.metrics.last_cycle();
         let last = stored
@@ -945,10 +923,13 @@ mod tests {
         // A query opens it; its status is read from the log again.
         let log = state.open_log().unwrap();
         assert!(state.log.is_open());
-        assert!(state.remembered().is_none());
-        // In use, it stays open (and nothing is kept for a closed log).
+        assert!(matches!(
+            state.log.memo_or_handle(),
+            MemoOrHandle::Handle(_)
+        ));
+        // In use, it stays open.
         assert!(!state.close_log().unwrap());
-        assert!(state.remembered().is_none());
+        assert!(state.log.is_open());
         drop(log);
         assert!(state.close_log().unwrap());
         assert!(!state.log.is_open());

@@ -457,3 +457,36 @@ fn the_daemon_closes_the_log_between_cycles_and_still_answers_and_fetches() {
         );
     }
 }
+
+#[test]
+fn a_command_sent_while_the_log_is_closed_opens_it_and_the_daemon_closes_it_again() {
+    let server = ApiServer::start(fixture_records("questions.json"));
+    // A yearly schedule: no cycle will close the log, only the daemon's poll.
+    let env = env("schedule = \"0 0 0 1 1 *\"\n[store]\nclose_if_idle_secs = 1\n");
+    ok(run(
+        &env,
+        &[
+            "fetch",
+            "--once",
+            "--base-url",
+            &server.base_url(),
+            "--since",
+            "2025-01-01",
+            "--until",
+            "2025-03-31",
+        ],
+    ));
+    let daemon = start_daemon(&env, &server.base_url());
+    let open = |text: &str| sample(text, "answerfeed_log_open");
+    wait_for_metrics(env.ops_port, "closed after start", |t| open(t) == Some(0.0));
+    let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
+    assert_eq!(status["events_by_kind"]["answer_observed"], 10, "{status}");
+    let metrics = get(env.ops_port, "/metrics").unwrap().1;
+    assert_eq!(
+        open(&metrics),
+        Some(1.0),
+        "the command opened it: {metrics}"
+    );
+    wait_for_metrics(env.ops_port, "closed again", |t| open(t) == Some(0.0));
+    stop(daemon);
+}

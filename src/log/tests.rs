@@ -648,17 +648,35 @@ proptest::proptest! {
 #[test]
 fn a_closable_log_closes_only_when_unused_and_opens_again_with_its_events() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = ClosableLog::new(open(dir.path()));
+    let shared: ClosableLog<u64> = ClosableLog::new(open(dir.path()));
+    let head = |log: &EventLog| log.head();
     let mut log = shared.handle().unwrap();
     log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
         .unwrap();
     // A handle in use (a query being answered) keeps it open.
-    assert!(!shared.close_if_unused().unwrap());
+    assert!(!shared.close_if_unused(head).unwrap());
     assert!(shared.is_open());
+    assert!(matches!(shared.memo_or_handle(), MemoOrHandle::Handle(_)));
     drop(log);
-    assert!(shared.close_if_unused().unwrap());
+    assert!(shared.close_if_unused(head).unwrap());
     assert!(!shared.is_open());
-    assert!(shared.close_if_unused().unwrap(), "closing twice is fine");
+    assert!(matches!(shared.memo_or_handle(), MemoOrHandle::Memo(2)));
+    assert!(!shared.is_open(), "reading the memo leaves it closed");
+    assert!(
+        shared.close_if_unused(head).unwrap(),
+        "closing twice is fine"
+    );
+    // A memo that cannot be made leaves the log open.
+    drop(shared.handle().unwrap());
+    let failed = shared.close_if_unused(|_| -> Result<u64, LogError> {
+        Err(LogError::Locked {
+            dir: dir.path().to_path_buf(),
+            holder: String::new(),
+        })
+    });
+    assert!(failed.is_err());
+    assert!(shared.is_open());
+    assert!(shared.close_if_unused(head).unwrap());
     // Closed, the data dir stays locked to this log.
     let err = EventLog::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(matches!(err, LogError::Locked { .. }), "{err}");
@@ -674,8 +692,10 @@ fn a_closable_log_closes_only_when_unused_and_opens_again_with_its_events() {
     assert_eq!(log.head().unwrap(), 3);
     drop(log);
     for _ in 0..3 {
-        assert!(shared.close_if_unused().unwrap());
+        assert!(shared.close_if_unused(head).unwrap());
+        assert!(matches!(shared.memo_or_handle(), MemoOrHandle::Memo(3)));
         assert_eq!(shared.handle().unwrap().head().unwrap(), 3);
+        assert!(matches!(shared.memo_or_handle(), MemoOrHandle::Handle(_)));
     }
     assert!(shared
         .handle()
@@ -695,8 +715,8 @@ fn a_closable_log_is_not_closed_after_a_failed_write() {
     let log = open(dir.path());
     // What a failed sled write sets (see `Drop`): closing would flush what was not written.
     log.poisoned.store(true, Ordering::SeqCst);
-    let shared = ClosableLog::new(log);
-    assert!(!shared.close_if_unused().unwrap());
+    let shared: ClosableLog<()> = ClosableLog::new(log);
+    assert!(!shared.close_if_unused(|_| Ok::<_, LogError>(())).unwrap());
     assert!(shared.is_open());
     if let Ok(log) = shared.handle() {
         log.poisoned.store(false, Ordering::SeqCst);
