@@ -23,6 +23,26 @@ fn env(sink: &SmtpSink, subscription: &str, extra: &str) -> Env {
     env
 }
 
+/// SIGTERM, then the daemon must exit 0 within 20 s.
+fn stop_cleanly(daemon: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
 fn ingest_api(env: &Env, file: &str) {
     ok(run(
         env,
@@ -318,22 +338,7 @@ fn the_daemon_fetches_and_emails_each_new_answer_once() {
     let messages = sink.wait_for(10, Duration::from_secs(60));
     // A few more cycles: nothing is sent twice.
     std::thread::sleep(Duration::from_millis(2500));
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(&mut daemon);
     assert_eq!(messages.len(), 10);
     let all = sink.messages();
     assert_eq!(all.len(), 10, "nothing sent twice");
@@ -387,22 +392,7 @@ fn a_daemon_that_closes_its_log_between_cycles_emails_each_new_answer_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(&mut daemon);
     let all = sink.messages();
     assert_eq!(all.len(), 10, "nothing sent twice");
     assert_eq!(message_ids(&all).len(), 10);

@@ -89,19 +89,9 @@ fn stop(mut child: Child) {
 }
 
 fn wait_for_metric(port: u16, name: &str, at_least: f64) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some((200, text)) = get(port, "/metrics") {
-            if sample(&text, name).is_some_and(|v| v >= at_least) {
-                return text;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{name} never reached {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_metrics(port, &format!("{name} >= {at_least}"), |text| {
+        sample(text, name).is_some_and(|v| v >= at_least)
+    })
 }
 
 const DAEMON: &str = "schedule = \"* * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n";
