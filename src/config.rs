@@ -239,17 +239,23 @@ impl Config {
             value = merged;
         }
         apply_env(&mut value, env)?;
-        let config: Config =
-            toml::Value::Table(value)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    // Spans point into the merged table, not the user's file: report the message only.
-                    ConfigError::Invalid {
-                        origin: origin.to_string(),
-                        location: String::new(),
-                        message: e.message().trim().replace('\n', " "),
-                    }
-                })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                // Spans point into the merged table, not the user's file: the key's path says
+                // where instead.
+                let path = e.path().to_string();
+                let message = e.inner().message().trim().replace('\n', " ");
+                ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    location: String::new(),
+                    message: if path.is_empty() || path == "." {
+                        message
+                    } else {
+                        format!("{path}: {message}")
+                    },
+                }
+            },
+        )?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -546,6 +552,22 @@ mod tests {
         assert!(err.contains("bad.toml"), "{err}");
         assert!(err.contains("cache_mbb"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+
+        // A value of the wrong type names its key.
+        for (text, key) in [
+            (
+                "[store]\nclose_if_idle_secs = \"soon\"\n",
+                "store.close_if_idle_secs: ",
+            ),
+            ("[fetch]\npage_size = \"x\"\n", "fetch.page_size: "),
+            ("[[subscriptions]]\nname = 3\n", "subscriptions[0].name: "),
+        ] {
+            std::fs::write(&bad, text).unwrap();
+            let err = Config::load(&bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(err.contains("invalid type"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
 
         std::fs::write(&bad, "data_dir = \n").unwrap();
         let err = Config::load(&bad).unwrap_err().to_string();
