@@ -94,14 +94,10 @@ fn wait_for_metric(port: u16, name: &str, at_least: f64) -> String {
     })
 }
 
-const DAEMON: &str = "schedule = \"* * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n";
-
-#[test]
-fn status_after_a_fetch_reports_the_cycle_the_log_and_the_consumers() {
-    let server = ApiServer::start(fixture_records("questions.json"));
-    let env = env("");
+/// `fetch --once` of the fixture's answers (January to March 2025).
+fn fetch_first_quarter(env: &Env, server: &ApiServer) {
     ok(run(
-        &env,
+        env,
         &[
             "fetch",
             "--once",
@@ -113,6 +109,15 @@ fn status_after_a_fetch_reports_the_cycle_the_log_and_the_consumers() {
             "2025-03-31",
         ],
     ));
+}
+
+const DAEMON: &str = "schedule = \"* * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n";
+
+#[test]
+fn status_after_a_fetch_reports_the_cycle_the_log_and_the_consumers() {
+    let server = ApiServer::start(fixture_records("questions.json"));
+    let env = env("");
+    fetch_first_quarter(&env, &server);
     let status: Value = serde_json::from_str(&ok(run(&env, &["status", "--json"]))).unwrap();
     assert_eq!(status["events_by_kind"]["answer_observed"], 10);
     let flags = status["events_by_kind"]["flag_raised"].as_u64().unwrap();
@@ -453,19 +458,7 @@ fn a_command_sent_while_the_log_is_closed_opens_it_and_the_daemon_closes_it_agai
     let server = ApiServer::start(fixture_records("questions.json"));
     // A yearly schedule: no cycle will close the log, only the daemon's poll.
     let env = env("schedule = \"0 0 0 1 1 *\"\n[store]\nclose_if_idle_secs = 1\n");
-    ok(run(
-        &env,
-        &[
-            "fetch",
-            "--once",
-            "--base-url",
-            &server.base_url(),
-            "--since",
-            "2025-01-01",
-            "--until",
-            "2025-03-31",
-        ],
-    ));
+    fetch_first_quarter(&env, &server);
     let daemon = start_daemon(&env, &server.base_url());
     let open = |text: &str| sample(text, "answerfeed_log_open");
     wait_for_metrics(env.ops_port, "closed after start", |t| open(t) == Some(0.0));
