@@ -327,7 +327,10 @@ fn the_daemon_fetches_and_emails_each_new_answer_once() {
     let env = env(
         &sink,
         POLICING,
-        "schedule = \"* * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n",
+        &format!(
+            "schedule = \"* * * * * *\"\nfirst_run_days = {}\nwindow_days = 400\n",
+            support::first_run_days()
+        ),
     );
     let mut daemon = bin(&env)
         .args(["daemon", "--base-url", server.base_url().as_str()])
@@ -357,7 +360,10 @@ fn a_daemon_that_closes_its_log_between_cycles_emails_each_new_answer_once() {
     let env = env(
         &sink,
         POLICING,
-        "schedule = \"*/2 * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+        &format!(
+            "schedule = \"*/2 * * * * *\"\nfirst_run_days = {}\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+            support::first_run_days()
+        ),
     );
     let log_file = env.tmp.path().join("daemon.log");
     let mut daemon = bin(&env)

@@ -91,8 +91,10 @@ fn kill_9_during_a_backfill_loses_and_duplicates_nothing() {
     server.on_list_request(Box::new(|_r, _q| {
         std::thread::sleep(Duration::from_millis(15))
     }));
-    let env =
-        env("schedule = \"* * * * * *\"\nfirst_run_days = 700\nwindow_days = 20\npage_size = 10\n");
+    let env = env(&format!(
+        "schedule = \"* * * * * *\"\nfirst_run_days = {}\nwindow_days = 20\npage_size = 10\n",
+        support::first_run_days()
+    ));
     let kills: u64 = std::env::var("ANSWERFEED_CRASH_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())

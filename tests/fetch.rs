@@ -605,8 +605,10 @@ fn the_daemon_stops_cleanly_on_sigterm_and_resumes() {
     server.on_list_request(Box::new(|_records, _request| {
         std::thread::sleep(Duration::from_millis(150));
     }));
-    let env =
-        env("schedule = \"* * * * * *\"\nfirst_run_days = 900\nwindow_days = 60\npage_size = 2\n");
+    let env = env(&format!(
+        "schedule = \"* * * * * *\"\nfirst_run_days = {}\nwindow_days = 60\npage_size = 2\n",
+        support::first_run_days()
+    ));
     let spawn = || {
         bin(&env)
             .args(["daemon", "--base-url", server.base_url().as_str()])

@@ -111,7 +111,13 @@ fn fetch_first_quarter(env: &Env, server: &ApiServer) {
     ));
 }
 
-const DAEMON: &str = "schedule = \"* * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n";
+/// Every second, reaching back before the fixtures' dates.
+fn daemon_config() -> String {
+    format!(
+        "schedule = \"* * * * * *\"\nfirst_run_days = {}\nwindow_days = 400\n",
+        support::first_run_days()
+    )
+}
 
 #[test]
 fn status_after_a_fetch_reports_the_cycle_the_log_and_the_consumers() {
@@ -147,7 +153,7 @@ fn status_after_a_fetch_reports_the_cycle_the_log_and_the_consumers() {
 #[test]
 fn metrics_and_readiness_follow_the_daemons_cycles() {
     let server = ApiServer::start(fixture_records("questions.json"));
-    let env = env(DAEMON);
+    let env = env(&daemon_config());
     let daemon = start_daemon(&env, &server.base_url());
     let metrics = wait_for_metric(env.ops_port, "answerfeed_cycles_total{outcome=\"ok\"}", 1.0);
     assert_eq!(
@@ -200,7 +206,7 @@ fn metrics_and_readiness_follow_the_daemons_cycles() {
 #[test]
 fn read_commands_work_while_the_daemon_runs_and_writes_are_refused_clearly() {
     let server = ApiServer::start(fixture_records("questions.json"));
-    let env = env(DAEMON);
+    let env = env(&daemon_config());
     let daemon = start_daemon(&env, &server.base_url());
     wait_for_metric(env.ops_port, "answerfeed_cycles_total{outcome=\"ok\"}", 1.0);
     let running: Vec<String> = [
@@ -245,7 +251,7 @@ fn read_commands_work_while_the_daemon_runs_and_writes_are_refused_clearly() {
 #[test]
 fn a_backup_taken_while_the_daemon_runs_restores_to_the_same_log_and_views() {
     let server = ApiServer::start(fixture_records("questions.json"));
-    let env = env(DAEMON);
+    let env = env(&daemon_config());
     let daemon = start_daemon(&env, &server.base_url());
     wait_for_metric(env.ops_port, "answerfeed_cycles_total{outcome=\"ok\"}", 1.0);
     let backup = env.tmp.path().join("backup");
@@ -395,7 +401,10 @@ fn the_daemon_closes_the_log_between_cycles_and_still_answers_and_fetches() {
         Value::String(chrono::Utc::now().format("%Y-%m-%dT00:00:00").to_string());
     let server = ApiServer::start(records);
     let env = env(
-        "schedule = \"*/3 * * * * *\"\nfirst_run_days = 800\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+        &format!(
+            "schedule = \"*/3 * * * * *\"\nfirst_run_days = {}\nwindow_days = 400\n[store]\nclose_if_idle_secs = 1\n",
+            support::first_run_days()
+        ),
     );
     let daemon = start_daemon(&env, &server.base_url());
     let open = |text: &str| sample(text, "answerfeed_log_open");
