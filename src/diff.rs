@@ -699,21 +699,8 @@ fn duplicates(
         },
     };
     let own = question_tag(question);
-    // Exact duplicates: the index knows the first answer with each normalised text.
-    if let Some((first_seq, first_tag)) = index.exact(digest) {
+    if let Some((first, first_tag)) = exact_duplicate_of(log, index, digest, normalised)? {
         if first_tag != own {
-            let first_question = log
-                .get(first_seq)?
-                .and_then(|e| e.event.question().cloned())
-                .ok_or_else(|| {
-                    DiffError::State(format!(
-                        "the near-duplicate index names event {first_seq}, which is not an answer"
-                    ))
-                })?;
-            let first = SeenAnswer {
-                question: first_question,
-                seq: first_seq,
-            };
             let group = state
                 .get_json::<QuestionKey>(&group_key(&first.question))?
                 .unwrap_or_else(|| first.question.clone());
@@ -767,6 +754,39 @@ fn duplicates(
         flags.push(flag(&of, group, false, ratio));
     }
     Ok(())
+}
+
+/// The first answer with this normalised text, and its question's tag. The index knows it by
+/// the top 64 bits of the text's digest; the texts are compared, so a collision is never called
+/// an exact duplicate.
+fn exact_duplicate_of(
+    log: &EventLog,
+    index: &LshIndex,
+    digest: u128,
+    normalised: &str,
+) -> Result<Option<(SeenAnswer, u64)>, DiffError> {
+    let Some((first_seq, first_tag)) = index.exact(digest) else {
+        return Ok(None);
+    };
+    let not_an_answer = || {
+        DiffError::State(format!(
+            "the near-duplicate index names event {first_seq}, which is not an answer"
+        ))
+    };
+    let first_event = log.get(first_seq)?.ok_or_else(not_an_answer)?;
+    let (Some(first_question), Some(first_record)) =
+        (first_event.event.question(), first_event.event.record())
+    else {
+        return Err(not_an_answer());
+    };
+    if normalise_text(&first_record.answer.plain_text()).to_lowercase() != normalised {
+        return Ok(None);
+    }
+    let first = SeenAnswer {
+        question: first_question.clone(),
+        seq: first_seq,
+    };
+    Ok(Some((first, first_tag)))
 }
 
 /// Each band of the signature hashed to a bucket (32 bits: a rare false collision only adds a
@@ -881,6 +901,32 @@ pub fn checkpoint(log: &EventLog) -> Result<u64, DiffError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two texts whose digests share their top 64 bits (the part the index keeps) are not
+    /// exact duplicates: the texts are compared.
+    #[test]
+    fn a_digest_collision_is_not_an_exact_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), crate::log::StoreOptions::default()).unwrap();
+        let first = "The figures are published quarterly.";
+        log.append(
+            vec![crate::log::tests::answer("Q1", first)],
+            crate::log::tests::NOW,
+        )
+        .unwrap();
+        let mut index = LshIndex::new();
+        let digest = 0xABCD_u128 << 64 | 1;
+        index.insert(1, 7, &[3; lsh::BANDS], digest).unwrap();
+        let same = normalise_text(first).to_lowercase();
+        let found = exact_duplicate_of(&log, &index, digest, &same).unwrap();
+        assert_eq!(found.map(|(a, tag)| (a.seq, tag)), Some((1, 7)));
+        // Same top 64 bits, another text: a collision, not a duplicate.
+        let other = normalise_text("The figures are not held centrally.").to_lowercase();
+        let colliding = 0xABCD_u128 << 64 | 2;
+        assert!(exact_duplicate_of(&log, &index, colliding, &other)
+            .unwrap()
+            .is_none());
+    }
 
     #[test]
     fn word_diffs_show_what_changed() {

@@ -1260,4 +1260,4 @@ pub fn decode_envelope(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

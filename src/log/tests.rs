@@ -36,7 +36,7 @@ fn record(question: &str, answer: &str) -> AnswerRecord {
     }
 }
 
-fn answer(question: &str, text: &str) -> Observation {
+pub(crate) fn answer(question: &str, text: &str) -> Observation {
     Observation {
         source: Source {
             uri: "test".into(),
@@ -61,7 +61,7 @@ fn broken(raw: &[u8]) -> Observation {
     }
 }
 
-const NOW: &str = "2026-11-29T00:00:00.000Z";
+pub(crate) const NOW: &str = "2026-11-29T00:00:00.000Z";
 
 fn open(dir: &Path) -> EventLog {
     EventLog::open(dir, StoreOptions::default()).unwrap()
