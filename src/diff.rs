@@ -421,8 +421,7 @@ fn load_lsh(tree: &sled::Tree) -> Result<LshIndex, DiffError> {
         let (k, v) = entry?;
         raw.push((chunk_name(LSH_CHUNK_PREFIX, &k), v));
     }
-    let index = LshIndex::load(raw.iter().map(|(name, v)| Ok((name.clone(), v.as_ref()))))
-        .map_err(|e| DiffError::State(e.to_string()))?;
+    let index = LshIndex::load(&raw).map_err(|e| DiffError::State(e.to_string()))?;
     tracing::debug!(answers = index.len(), "diff: near-duplicate index loaded");
     Ok(index)
 }
