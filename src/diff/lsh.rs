@@ -322,49 +322,43 @@ impl SortedBand {
         }
     }
 
+    fn member_mask(&self) -> u64 {
+        // member_bits <= 32.
+        (1u64 << self.member_bits) - 1
+    }
+
     /// The member of entry `i`.
     fn member(&self, i: usize) -> u32 {
-        // member_bits <= 32.
-        (self.value(i) & ((1u64 << self.member_bits) - 1)) as u32
+        (self.value(i) & self.member_mask()) as u32
+    }
+
+    /// Entry `i`, which lies in directory slot `slot`, as `bucket << 32 | member`.
+    fn unpack(&self, slot: usize, i: usize) -> u64 {
+        let value = self.value(i);
+        let high = if self.bits == 0 {
+            0
+        } else {
+            (slot as u64) << (32 - self.bits)
+        };
+        let bucket = high | value >> self.member_bits;
+        bucket << 32 | (value & self.member_mask())
     }
 
     /// Entry `i` as `bucket << 32 | member`.
     #[cfg(test)]
     fn entry(&self, i: usize) -> u64 {
-        let value = self.value(i);
-        let member = value & ((1u64 << self.member_bits) - 1);
-        let low = value >> self.member_bits;
         let slot = self
             .directory
             .partition_point(|first| *first as usize <= i)
-            .saturating_sub(1) as u64;
-        let bucket = if self.bits == 0 {
-            low
-        } else {
-            slot << (32 - self.bits) | low
-        };
-        bucket << 32 | member
+            .saturating_sub(1);
+        self.unpack(slot, i)
     }
 
     /// Every entry as `bucket << 32 | member`, ascending.
     fn entries(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.len);
-        for slot in 0..self.directory.len().saturating_sub(1) {
-            let (from, to) = (
-                self.directory[slot] as usize,
-                self.directory[slot + 1] as usize,
-            );
-            let high = if self.bits == 0 {
-                0
-            } else {
-                (slot as u64) << (32 - self.bits)
-            };
-            for i in from..to {
-                let value = self.value(i);
-                let member = value & ((1u64 << self.member_bits) - 1);
-                let bucket = high | value >> self.member_bits;
-                out.push(bucket << 32 | member);
-            }
+        for (slot, bounds) in self.directory.windows(2).enumerate() {
+            out.extend((bounds[0] as usize..bounds[1] as usize).map(|i| self.unpack(slot, i)));
         }
         out
     }
