@@ -77,6 +77,30 @@ def event_seeds():
     for line in filter(None, lines):
         # As log.rs stores an event: frame version 1, CRC-32 (big-endian) of the JSON, the JSON.
         write("event_decode", b"\x01" + struct.pack(">I", zlib.crc32(line)) + line)
+        # Frame version 2: the same CRC-32, the JSON's length (u32, big-endian), then an LZ4
+        # block. The standard library has no LZ4, so the block is the format's all-literals
+        # form (valid, not smaller); the target compresses each input itself as well.
+        write(
+            "event_decode",
+            b"\x02"
+            + struct.pack(">I", zlib.crc32(line))
+            + struct.pack(">I", len(line))
+            + lz4_literal_block(line),
+        )
+
+
+def lz4_literal_block(data):
+    """An LZ4 block of one sequence holding `data` as literals (no matches)."""
+    n = len(data)
+    if n < 15:
+        return bytes([n << 4]) + data
+    out = bytearray([0xF0])
+    rest = n - 15
+    while rest >= 255:
+        out.append(255)
+        rest -= 255
+    out.append(rest)
+    return bytes(out) + data
 
 
 if __name__ == "__main__":

@@ -267,9 +267,16 @@ fn verify_passes_a_good_log_and_names_an_altered_event() {
         let mut key = vec![b'E'];
         key.extend_from_slice(&4u64.to_be_bytes());
         let value = tree.get(&key).unwrap().unwrap();
-        let altered = String::from_utf8_lossy(&value)
-            .replacen("Home Office", "Home Offise", 1)
-            .into_bytes();
+        // Stored as frame 2: a version byte, the JSON's CRC-32, its length, the JSON
+        // LZ4-compressed. One word of the JSON changed, the frame kept.
+        assert_eq!(value[0], 2);
+        let length = u32::from_be_bytes(value[5..9].try_into().unwrap()) as usize;
+        let json = lz4_flex::block::decompress(&value[9..], length).unwrap();
+        let json = String::from_utf8(json)
+            .unwrap()
+            .replacen("Home Office", "Home Offise", 1);
+        let mut altered = value[..9].to_vec();
+        altered.extend_from_slice(&lz4_flex::block::compress(json.as_bytes()));
         assert_ne!(&altered[..], &value[..]);
         tree.insert(&key, altered).unwrap();
         db.flush().unwrap();

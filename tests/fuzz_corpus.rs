@@ -105,14 +105,21 @@ fn api_decode_corpus_holds_its_invariants() {
 fn event_decode_corpus_holds_its_invariants() {
     let mut total = EventSummary::default();
     let mut stored_refused = 0;
+    let mut compressed_accepted = 0;
     for (path, data) in &corpus("event_decode") {
         let s = pass(path, fuzzing::event_decode(data));
         total.stored_accepted |= s.stored_accepted;
+        // Frame version 2 (LZ4): the seeds cut from the schema-1 events.
+        compressed_accepted += usize::from(s.stored_accepted && data.first() == Some(&2));
         total.reframed_accepted |= s.reframed_accepted;
         total.flips_refused += s.flips_refused;
         stored_refused += usize::from(!s.stored_accepted);
     }
     assert!(total.stored_accepted, "no stored event is accepted");
+    assert!(
+        compressed_accepted >= 5,
+        "{compressed_accepted} compressed stored events accepted"
+    );
     assert!(stored_refused > 0, "no stored value is refused");
     assert!(total.flips_refused > 0, "no corrupted copy was checked");
 }

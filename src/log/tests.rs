@@ -722,3 +722,98 @@ fn a_closable_log_is_not_closed_after_a_failed_write() {
         log.poisoned.store(false, Ordering::SeqCst);
     }
 }
+
+#[test]
+fn events_are_stored_compressed_and_version_1_frames_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let long = "The Home Office publishes police workforce statistics twice a year. ".repeat(20);
+    log.append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
+        .unwrap();
+    let stored = log.raw_tree().get(event_key(1)).unwrap().unwrap();
+    let event = log.get(1).unwrap().unwrap();
+    let json = serde_json::to_vec(&event).unwrap();
+    assert_eq!(stored[0], FRAME_LZ4);
+    assert!(
+        stored.len() * 2 < json.len(),
+        "{} bytes stored for {} of JSON",
+        stored.len(),
+        json.len()
+    );
+
+    // Event 2 rewritten as version 1 framed it (the JSON as it is): read, verified and indexed
+    // exactly as before.
+    let second = log.get(2).unwrap().unwrap();
+    let json = serde_json::to_vec(&second).unwrap();
+    let mut old = vec![FRAME_V1];
+    old.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
+    old.extend_from_slice(&json);
+    log.raw_tree().insert(event_key(2), old).unwrap();
+    assert_eq!(log.get(2).unwrap().unwrap(), second);
+    let read: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(read, vec![event, second]);
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 2);
+    assert!(report.first_bad.is_none());
+    let again = log
+        .append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
+        .unwrap();
+    assert_eq!(again.appended(), 0);
+}
+
+#[test]
+fn what_does_not_compress_is_stored_as_it_is() {
+    let json = br#"{"a":1}"#;
+    let value = frame_event(json);
+    assert_eq!(value[0], FRAME_V1);
+    assert_eq!(&value[5..], json);
+    let long = br#"{"text":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+    assert_eq!(frame_event(long)[0], FRAME_LZ4);
+}
+
+#[test]
+fn a_damaged_compressed_event_is_corrupt_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let long = "Figures for each police force area are given in the table below. ".repeat(20);
+    log.append(vec![answer("Q1", &long)], NOW).unwrap();
+    let good = log.raw_tree().get(event_key(1)).unwrap().unwrap().to_vec();
+    assert_eq!(good[0], FRAME_LZ4);
+    let problem = |value: &[u8]| match decode_envelope(1, value) {
+        Err(LogError::Corrupt { seq: 1, problem }) => problem,
+        other => panic!("expected event 1 to be corrupt, got {other:?}"),
+    };
+
+    // A length no block of this size can give: refused before anything is allocated.
+    let mut huge = good.clone();
+    huge[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(
+        problem(&huge).contains("more than LZ4 can give"),
+        "{}",
+        problem(&huge)
+    );
+    // A length one short or one long of the real one.
+    let length = u32::from_be_bytes([good[5], good[6], good[7], good[8]]);
+    for wrong in [length - 1, length + 1] {
+        let mut value = good.clone();
+        value[5..9].copy_from_slice(&wrong.to_be_bytes());
+        let why = problem(&value);
+        assert!(why.contains("decompress"), "{why}");
+    }
+    // The block cut short, and a header with no block.
+    assert!(problem(&good[..good.len() - 7]).contains("decompress"));
+    assert!(problem(&good[..7]).contains("bytes long"));
+    // A byte of the block changed: the checksum of what it decompresses to, or the
+    // decompression itself, says so; verify names the event.
+    let mut damaged = good.clone();
+    let at = good.len() - 20;
+    damaged[at] ^= 0x55;
+    let why = problem(&damaged);
+    assert!(
+        why.contains("checksum") || why.contains("decompress"),
+        "{why}"
+    );
+    log.raw_tree().insert(event_key(1), damaged).unwrap();
+    let bad = log.verify().unwrap().first_bad.unwrap();
+    assert_eq!(bad.seq, 1);
+}
