@@ -377,6 +377,55 @@ fn a_revision_moves_the_question_between_index_entries() {
 
 /// Derived state from an older layout (no format marker) is derived again from the log on
 /// first use: the views equal a rebuild, and the diff module appends no flag twice.
+/// Statistics are stored without what the block's key and entry already say: what comes back
+/// is every row `stats::statistics` gives, field for field (values, force names, places).
+#[test]
+fn statistics_come_back_field_for_field_from_their_compact_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    let config = config();
+    let table = record(3, 4, 0);
+    let question = QuestionKey::of(&table);
+    let mut wanted: Vec<StatRow> = crate::stats::statistics(&table)
+        .into_iter()
+        .map(|stat| StatRow {
+            stat,
+            question: question.clone(),
+            seq: 1,
+        })
+        .collect();
+    assert!(wanted.len() >= 2, "the fixture has figures for two forces");
+    log.append(
+        vec![Observation {
+            source: Source {
+                uri: "test".into(),
+                position: None,
+                line: None,
+            },
+            payload: Payload::Answer(Box::new(table)),
+        }],
+        "2026-01-01T00:00:00.000Z",
+    )
+    .unwrap();
+    run(&log, &config.topics).unwrap();
+    let views = Views::open(&log).unwrap();
+    let mut found: Vec<StatRow> = views.all_stats().map(|r| r.unwrap()).collect();
+    let order = |r: &StatRow| {
+        (
+            r.stat.force_id.clone(),
+            r.stat.table,
+            r.stat.row,
+            r.stat.measure.clone(),
+        )
+    };
+    wanted.sort_by_key(order);
+    found.sort_by_key(order);
+    assert_eq!(found, wanted);
+    assert!(found
+        .iter()
+        .all(|r| !r.stat.force.is_empty() && r.stat.force != r.stat.force_id));
+}
+
 #[test]
 fn state_in_an_older_layout_is_derived_again() {
     let (_dir, mut log) = log_with(&mixed_ops());
