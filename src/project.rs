@@ -36,12 +36,13 @@ mod postings;
 
 const TREE: &str = "views";
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
-/// The views' layout: "8" keeps the indexes and statistics rows (`StoredStats`) in posting
+/// The views' layout: "9" keeps the indexes and statistics rows (`StoredStats`) in posting
 /// blocks of 128 seqs, members' in wider ones ("3" had a key per entry, "4" blocks of indexes
 /// only, "5" member blocks as narrow as the others, "6" blocks of 1,024 seqs, "7" statistics
-/// rows stored whole). Views without this marker are rebuilt.
+/// rows stored whole, "8" a "Year" column of numbers read as figures). Views without this
+/// marker are rebuilt, so that they stay what a rebuild gives.
 const FORMAT_KEY: &[u8] = b"\x00format";
-const FORMAT: &[u8] = b"8";
+const FORMAT: &[u8] = b"9";
 const BATCH: usize = 1000;
 const SEP: char = '\u{1f}';
 

@@ -84,8 +84,10 @@ pub fn statistics(record: &AnswerRecord) -> Vec<Statistic> {
                 continue;
             };
             let (period_cell, qualifiers) = row_context(table, row, force_col);
+            let period_col = period_cell.as_ref().map(|(c, _)| *c);
+            let period_cell = period_cell.map(|(_, text)| text);
             for (c, cell) in row.cells.iter().enumerate() {
-                if c == force_col {
+                if c == force_col || Some(c) == period_col {
                     continue;
                 }
                 let Some(value) = cell_value(cell) else {
@@ -134,32 +136,49 @@ fn fallback_measure(record: &AnswerRecord) -> String {
     }
 }
 
-/// The row's period (a text cell that looks like one) and its other text cells (qualifiers).
+/// The row's period, with its column: a text cell that looks like one or sits under a "year"
+/// header, or a year written as a number under a header that names one ("Year", "Financial
+/// year" over 2023), which is a period and not a figure. And its other text cells (qualifiers).
 fn row_context(
     table: &Table,
     row: &crate::record::Row,
     force_col: usize,
-) -> (Option<String>, Vec<String>) {
+) -> (Option<(usize, String)>, Vec<String>) {
     let mut period = None;
     let mut qualifiers = Vec::new();
     for (c, cell) in row.cells.iter().enumerate() {
         if c == force_col {
             continue;
         }
-        if let Cell::Text(text) = cell {
-            let header = table
-                .header
-                .get(c)
-                .map(|h| h.to_lowercase())
-                .unwrap_or_default();
-            if period.is_none() && (looks_like_period(text) || header.contains("year")) {
-                period = Some(text.clone());
-            } else {
-                qualifiers.push(text.clone());
+        let header = table
+            .header
+            .get(c)
+            .map(|h| h.to_lowercase())
+            .unwrap_or_default();
+        match cell {
+            Cell::Text(text) => {
+                if period.is_none() && (looks_like_period(text) || header.contains("year")) {
+                    period = Some((c, text.clone()));
+                } else {
+                    qualifiers.push(text.clone());
+                }
             }
+            Cell::Int(year)
+                if period.is_none() && names_a_year(&header) && (1900..=2100).contains(year) =>
+            {
+                period = Some((c, year.to_string()));
+            }
+            _ => {}
         }
     }
     (period, qualifiers)
+}
+
+/// "Year", "Calendar year", "Financial year", "Period": a header over years, not over counts
+/// ("Arrests per year" counts).
+fn names_a_year(header: &str) -> bool {
+    let words: Vec<&str> = header.split_whitespace().collect();
+    matches!(words.as_slice(), ["year" | "period"] | [_, "year"])
 }
 
 /// A total row that does not equal the sum of the rows it totals.
@@ -184,9 +203,15 @@ pub fn total_mismatches(record: &AnswerRecord) -> Vec<TotalMismatch> {
         let force_col = table.force_column;
         let group_of = |row: &crate::record::Row| -> String {
             match force_col {
-                Some(fc) => row_context(table, row, fc).0.unwrap_or_default(),
+                Some(fc) => row_context(table, row, fc)
+                    .0
+                    .map(|(_, text)| text)
+                    .unwrap_or_default(),
                 None => String::new(),
             }
+        };
+        let period_col = |row: &crate::record::Row| {
+            force_col.and_then(|fc| row_context(table, row, fc).0.map(|(c, _)| c))
         };
         for (r, total_row) in table.rows.iter().enumerate() {
             if !total_row.total {
@@ -202,6 +227,10 @@ pub fn total_mismatches(record: &AnswerRecord) -> Vec<TotalMismatch> {
                 continue;
             }
             for (c, cell) in total_row.cells.iter().enumerate() {
+                // Years are not added up.
+                if Some(c) == period_col(total_row) {
+                    continue;
+                }
                 let Some(stated) = cell_value(cell) else {
                     continue;
                 };
@@ -303,6 +332,63 @@ mod tests {
         assert_eq!(mismatches[0].column, "2023");
         assert_eq!(mismatches[0].stated, 60_000.0);
         assert_eq!(mismatches[0].summed, 60_348.0);
+    }
+
+    fn answer_with_table(lines: &str) -> AnswerRecord {
+        let mut record = sample(3);
+        let lines: Vec<&str> = lines.lines().collect();
+        record.answer = crate::parse::parse_answer_lines(&lines);
+        record
+    }
+
+    #[test]
+    fn a_year_written_as_a_number_is_the_period_not_a_figure() {
+        let record = answer_with_table(
+            "Year | Police force | Count |\n2023 | Kent | 10 |\n2023 | Essex | 5 |\n2024 | Kent | 12 |\n2023 | Total | 16 |",
+        );
+        let got: Vec<(String, String, String, f64)> = statistics(&record)
+            .into_iter()
+            .map(|s| (s.force_id, s.period, s.measure, s.value))
+            .collect();
+        let want = |force: &str, period: &str, value: f64| {
+            (
+                force.to_string(),
+                period.to_string(),
+                "Count".to_string(),
+                value,
+            )
+        };
+        assert_eq!(
+            got,
+            vec![
+                want("kent", "2023", 10.0),
+                want("essex", "2023", 5.0),
+                want("kent", "2024", 12.0)
+            ]
+        );
+        // The 2023 total is checked against the 2023 rows only, and the years are not summed.
+        let mismatches = total_mismatches(&record);
+        assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+        assert_eq!(mismatches[0].column, "Count");
+        assert_eq!(mismatches[0].group, "2023");
+        assert_eq!((mismatches[0].stated, mismatches[0].summed), (16.0, 15.0));
+    }
+
+    #[test]
+    fn a_count_per_year_stays_a_figure() {
+        let record =
+            answer_with_table("Police force | Arrests per year |\nKent | 1950 |\nEssex | 2010 |");
+        let got: Vec<(String, String, f64)> = statistics(&record)
+            .into_iter()
+            .map(|s| (s.force_id, s.measure, s.value))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("kent".to_string(), "Arrests per year".to_string(), 1950.0),
+                ("essex".to_string(), "Arrests per year".to_string(), 2010.0)
+            ]
+        );
     }
 
     #[test]
