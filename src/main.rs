@@ -34,6 +34,32 @@ fn return_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// mimalloc's `mi_option_purge_delay`: its place in the option enum of the mimalloc 3 that
+/// libmimalloc-sys 0.1.49 builds (the crate names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc's default purge delay, in ms: what the option holds if it is the one meant above.
+const MI_DEFAULT_PURGE_DELAY: std::os::raw::c_long = 1000;
+/// The purge delay answerfeed runs with, unless `MIMALLOC_PURGE_DELAY` says otherwise.
+const PURGE_DELAY_MS: std::os::raw::c_long = 10;
+
+/// Has mimalloc give freed memory back to the OS after 10 ms instead of a second. A backfill
+/// frees and reallocates memory on four threads faster than a second's worth of it is reused:
+/// at 200,000 answers `fetch --once` peaked at 211-232 MB with the default and 175-183 MB with
+/// 10 ms (its live heap peaks at 114 MB), for about 4% more time (five alternated runs each;
+/// 0 ms gave 166-173 MB and 13% more time). README, Benchmarks.
+fn return_freed_memory_sooner() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: reading and setting an option has no preconditions. The option is set only if it
+    // holds mimalloc's default, so that if the enum ever moved, no other option is changed.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_DEFAULT_PURGE_DELAY {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "answerfeed",
@@ -202,6 +228,7 @@ enum FormatArg {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_sooner();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -749,4 +776,36 @@ fn init_tracing(config: &Config, verbose: u8) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option at the place answerfeed sets is the purge delay: it holds mimalloc's default
+    /// (or what `MIMALLOC_PURGE_DELAY` says), and takes the shorter delay.
+    #[test]
+    fn the_purge_delay_is_the_option_set() {
+        // SAFETY: reading an option has no preconditions.
+        let read = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        match std::env::var("MIMALLOC_PURGE_DELAY") {
+            Ok(set) => {
+                return_freed_memory_sooner();
+                assert_eq!(
+                    read().to_string(),
+                    set.trim(),
+                    "the environment is left to rule"
+                );
+            }
+            Err(_) => {
+                assert!(
+                    [MI_DEFAULT_PURGE_DELAY, PURGE_DELAY_MS].contains(&read()),
+                    "option {MI_OPTION_PURGE_DELAY} holds {}, not mimalloc's purge delay",
+                    read()
+                );
+                return_freed_memory_sooner();
+                assert_eq!(read(), PURGE_DELAY_MS);
+            }
+        }
+    }
 }
