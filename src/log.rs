@@ -818,9 +818,11 @@ impl EventLog {
         Ok(())
     }
 
-    /// Copies events `1..=upto` of `source` into this (empty) log byte for byte, checksums
-    /// included, and rebuilds the indexes from them. The copy of an append-only log up to a head
-    /// read beforehand is consistent even while the source is being appended to.
+    /// Copies events `1..=upto` of `source` into this (empty) log, each event's JSON byte for
+    /// byte with its checksum, and rebuilds the indexes from them. Events an older version stored
+    /// uncompressed (frame 1) are compressed on the way, so `compact` and `backup` shrink an old
+    /// data dir; the JSON, and so every read, stays the same. The copy of an append-only log up
+    /// to a head read beforehand is consistent even while the source is being appended to.
     pub fn copy_events_from(&mut self, source: &EventLog, upto: u64) -> Result<u64, LogError> {
         if self.head()? != 0 {
             return Err(LogError::Corrupt {
@@ -840,8 +842,13 @@ impl EventLog {
                 problem: format!("malformed event key {key:?}"),
             })?;
             let envelope = decode_envelope(seq, &value)?;
-            batch_bytes += (key.len() + value.len() + 64) as u64;
-            batch.insert(key.to_vec(), value.to_vec());
+            // Checked just above: the frame is whole and the JSON matches its checksum.
+            let stored = match value.split_first() {
+                Some((&FRAME_V1, [_, _, _, _, json @ ..])) => frame_event(json),
+                _ => value.to_vec(),
+            };
+            batch_bytes += (key.len() + stored.len() + 64) as u64;
+            batch.insert(key.to_vec(), stored);
             match envelope.event.question() {
                 Some(question) => {
                     let contents = match questions.entry(question.clone()) {

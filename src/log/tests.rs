@@ -761,6 +761,46 @@ fn events_are_stored_compressed_and_version_1_frames_still_read() {
     assert_eq!(again.appended(), 0);
 }
 
+/// A copy (`backup`, `compact`) compresses events an older version stored as they were, and
+/// reads back the same events, verified.
+#[test]
+fn a_copy_compresses_version_1_events_and_keeps_their_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let long = "The Home Office publishes police workforce statistics twice a year. ".repeat(20);
+    log.append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
+        .unwrap();
+    let first = log.get(1).unwrap().unwrap();
+    let json = serde_json::to_vec(&first).unwrap();
+    let mut old = vec![FRAME_V1];
+    old.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
+    old.extend_from_slice(&json);
+    log.raw_tree().insert(event_key(1), old).unwrap();
+    let second_stored = log.raw_tree().get(event_key(2)).unwrap().unwrap();
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    let mut copy = open(copy_dir.path());
+    assert_eq!(copy.copy_events_from(&log, 2).unwrap(), 2);
+    let stored = copy.raw_tree().get(event_key(1)).unwrap().unwrap();
+    assert_eq!(stored[0], FRAME_LZ4);
+    assert!(stored.len() < json.len());
+    assert_eq!(
+        copy.raw_tree().get(event_key(2)).unwrap().unwrap(),
+        second_stored,
+        "an event already compressed is copied as it is"
+    );
+    let original: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
+    let copied: Vec<Envelope> = copy.events_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(copied, original);
+    let report = copy.verify().unwrap();
+    assert_eq!(report.good, 2);
+    assert!(report.first_bad.is_none());
+    let again = copy
+        .append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
+        .unwrap();
+    assert_eq!(again.appended(), 0, "the copy's index knows both contents");
+}
+
 #[test]
 fn what_does_not_compress_is_stored_as_it_is() {
     let json = br#"{"a":1}"#;
