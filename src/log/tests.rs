@@ -723,13 +723,39 @@ fn a_closable_log_is_not_closed_after_a_failed_write() {
     }
 }
 
-#[test]
-fn events_are_stored_compressed_and_version_1_frames_still_read() {
+/// A log of two answers: Q1's long enough to compress well (the text is returned), Q2's not.
+fn log_with_a_long_and_a_short_answer() -> (tempfile::TempDir, EventLog, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path());
     let long = "The Home Office publishes police workforce statistics twice a year. ".repeat(20);
     log.append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
         .unwrap();
+    (dir, log, long)
+}
+
+/// The two events of [`log_with_a_long_and_a_short_answer`] verify, and appending the same
+/// answers again appends nothing: the index knows both contents.
+fn verifies_and_knows_both_answers(log: &mut EventLog, long: &str) {
+    let report = log.verify().unwrap();
+    assert_eq!(report.good, 2);
+    assert!(report.first_bad.is_none());
+    let again = log
+        .append(vec![answer("Q1", long), answer("Q2", "A2")], NOW)
+        .unwrap();
+    assert_eq!(again.appended(), 0);
+}
+
+/// An event's stored value as versions before compression wrote it: the JSON as it is.
+fn version_1_frame(json: &[u8]) -> Vec<u8> {
+    let mut value = vec![FRAME_V1];
+    value.extend_from_slice(&crc32fast::hash(json).to_be_bytes());
+    value.extend_from_slice(json);
+    value
+}
+
+#[test]
+fn events_are_stored_compressed_and_version_1_frames_still_read() {
+    let (_dir, mut log, long) = log_with_a_long_and_a_short_answer();
     let stored = log.raw_tree().get(event_key(1)).unwrap().unwrap();
     let event = log.get(1).unwrap().unwrap();
     let json = serde_json::to_vec(&event).unwrap();
@@ -745,36 +771,22 @@ fn events_are_stored_compressed_and_version_1_frames_still_read() {
     // exactly as before.
     let second = log.get(2).unwrap().unwrap();
     let json = serde_json::to_vec(&second).unwrap();
-    let mut old = vec![FRAME_V1];
-    old.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
-    old.extend_from_slice(&json);
+    let old = version_1_frame(&json);
     log.raw_tree().insert(event_key(2), old).unwrap();
     assert_eq!(log.get(2).unwrap().unwrap(), second);
     let read: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
     assert_eq!(read, vec![event, second]);
-    let report = log.verify().unwrap();
-    assert_eq!(report.good, 2);
-    assert!(report.first_bad.is_none());
-    let again = log
-        .append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
-        .unwrap();
-    assert_eq!(again.appended(), 0);
+    verifies_and_knows_both_answers(&mut log, &long);
 }
 
 /// A copy (`backup`, `compact`) compresses events an older version stored as they were, and
 /// reads back the same events, verified.
 #[test]
 fn a_copy_compresses_version_1_events_and_keeps_their_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path());
-    let long = "The Home Office publishes police workforce statistics twice a year. ".repeat(20);
-    log.append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
-        .unwrap();
+    let (_dir, log, long) = log_with_a_long_and_a_short_answer();
     let first = log.get(1).unwrap().unwrap();
     let json = serde_json::to_vec(&first).unwrap();
-    let mut old = vec![FRAME_V1];
-    old.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
-    old.extend_from_slice(&json);
+    let old = version_1_frame(&json);
     log.raw_tree().insert(event_key(1), old).unwrap();
     let second_stored = log.raw_tree().get(event_key(2)).unwrap().unwrap();
 
@@ -792,13 +804,7 @@ fn a_copy_compresses_version_1_events_and_keeps_their_json() {
     let original: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
     let copied: Vec<Envelope> = copy.events_from(1).map(|e| e.unwrap()).collect();
     assert_eq!(copied, original);
-    let report = copy.verify().unwrap();
-    assert_eq!(report.good, 2);
-    assert!(report.first_bad.is_none());
-    let again = copy
-        .append(vec![answer("Q1", &long), answer("Q2", "A2")], NOW)
-        .unwrap();
-    assert_eq!(again.appended(), 0, "the copy's index knows both contents");
+    verifies_and_knows_both_answers(&mut copy, &long);
 }
 
 #[test]
