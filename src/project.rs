@@ -116,23 +116,18 @@ struct StoredStats {
 }
 
 impl StoredStats {
-    /// The rows of one answer for one force, which all carry that force's canonical name.
-    fn of<'a>(question: &QuestionKey, rows: impl Iterator<Item = &'a StatRow>) -> StoredStats {
+    /// The statistics of one answer for one force, which all carry that force's canonical name.
+    fn of(question: &QuestionKey, stats: impl Iterator<Item = stats::Statistic>) -> StoredStats {
         let mut stored = StoredStats {
             question: question.clone(),
             force: String::new(),
             rows: Vec::new(),
         };
-        for row in rows {
-            let stat = &row.stat;
-            stored.force.clone_from(&stat.force);
-            stored.rows.push((
-                stat.period.clone(),
-                stat.measure.clone(),
-                stat.value,
-                stat.table,
-                stat.row,
-            ));
+        for stat in stats {
+            stored.force = stat.force;
+            stored
+                .rows
+                .push((stat.period, stat.measure, stat.value, stat.table, stat.row));
         }
         stored
     }
@@ -411,7 +406,7 @@ fn apply_answer(
     // Per force, the rows in the order of the statistics query; a row repeating another's
     // place (measure, period, table, row) replaces it.
     type Place = (String, String, usize, usize);
-    let mut by_force: BTreeMap<String, BTreeMap<Place, StatRow>> = BTreeMap::new();
+    let mut by_force: BTreeMap<String, BTreeMap<Place, stats::Statistic>> = BTreeMap::new();
     for stat in stats::statistics(record) {
         let place = (
             stats::normalise_measure(&stat.measure),
@@ -419,22 +414,19 @@ fn apply_answer(
             stat.table,
             stat.row,
         );
-        by_force.entry(stat.force_id.clone()).or_default().insert(
-            place,
-            StatRow {
-                stat,
-                question: question.clone(),
-                seq,
-            },
-        );
+        by_force
+            .entry(stat.force_id.clone())
+            .or_default()
+            .insert(place, stat);
     }
     let block = seq_text(postings::block_of(seq));
-    for (force, rows) in &by_force {
-        let payload = StoredStats::of(question, rows.values()).encode();
-        let k = key(&["s", force, &block]);
+    let mut stat_forces = Vec::with_capacity(by_force.len());
+    for (force, rows) in by_force {
+        let payload = StoredStats::of(question, rows.into_values()).encode();
+        let k = key(&["s", &force, &block]);
         state.modify(k.clone(), |b| postings::insert(&k, b, seq, &payload))?;
+        stat_forces.push(force);
     }
-    let stat_forces: Vec<String> = by_force.into_keys().collect();
 
     let mut history = previous
         .as_ref()

@@ -201,34 +201,29 @@ pub fn total_mismatches(record: &AnswerRecord) -> Vec<TotalMismatch> {
     let mut out = Vec::new();
     for (t, table) in record.answer.tables().enumerate() {
         let force_col = table.force_column;
-        let group_of = |row: &crate::record::Row| -> String {
-            match force_col {
-                Some(fc) => row_context(table, row, fc)
-                    .0
-                    .map(|(_, text)| text)
-                    .unwrap_or_default(),
-                None => String::new(),
+        // A row's period and the column it is in (none without a force column).
+        let period_of = |row: &crate::record::Row| -> (String, Option<usize>) {
+            match force_col.and_then(|fc| row_context(table, row, fc).0) {
+                Some((c, text)) => (text, Some(c)),
+                None => (String::new(), None),
             }
-        };
-        let period_col = |row: &crate::record::Row| {
-            force_col.and_then(|fc| row_context(table, row, fc).0.map(|(c, _)| c))
         };
         for (r, total_row) in table.rows.iter().enumerate() {
             if !total_row.total {
                 continue;
             }
-            let group = group_of(total_row);
+            let (group, period_col) = period_of(total_row);
             let members: Vec<&crate::record::Row> = table
                 .rows
                 .iter()
-                .filter(|row| !row.total && group_of(row) == group)
+                .filter(|row| !row.total && period_of(row).0 == group)
                 .collect();
             if members.len() < 2 {
                 continue;
             }
             for (c, cell) in total_row.cells.iter().enumerate() {
                 // Years are not added up.
-                if Some(c) == period_col(total_row) {
+                if Some(c) == period_col {
                     continue;
                 }
                 let Some(stated) = cell_value(cell) else {

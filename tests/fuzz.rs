@@ -40,6 +40,14 @@ fn html_piece() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A real event's JSON, as a log of schema version 1 stored it (the fixture's second line).
+fn stored_event_json() -> &'static [u8] {
+    let line = include_str!("fixtures/events/schema-v1.jsonl")
+        .lines()
+        .nth(1);
+    line.expect("the fixture has a second event").as_bytes()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -90,8 +98,7 @@ proptest! {
 
     #[test]
     fn a_flipped_byte_in_a_stored_event_is_always_caught(at in 0usize..400, bit in 0u8..8) {
-        let line = include_str!("fixtures/events/schema-v1.jsonl").lines().nth(1).unwrap();
-        let json = line.as_bytes();
+        let json = stored_event_json();
         let mut value = vec![1u8];
         value.extend_from_slice(&crc32(json).to_be_bytes());
         value.extend_from_slice(json);
@@ -111,8 +118,7 @@ proptest! {
 
     #[test]
     fn a_flipped_bit_in_a_compressed_event_is_caught_or_changes_nothing(at in 0usize..4000, bit in 0u8..8) {
-        let line = include_str!("fixtures/events/schema-v1.jsonl").lines().nth(1).unwrap();
-        let json = line.as_bytes();
+        let json = stored_event_json();
         let mut value = vec![2u8];
         value.extend_from_slice(&crc32(json).to_be_bytes());
         value.extend_from_slice(&(json.len() as u32).to_be_bytes());
