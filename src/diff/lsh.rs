@@ -2,9 +2,12 @@
 //!
 //! sled charges a B-tree write per key, and a bucket per band per answer made duplicate search
 //! cost 32 writes an answer (most of the diff module's time). Here the buckets live in memory as
-//! one sorted packed array per band (about five bytes an entry, no per-bucket allocation) with a
-//! directory by the bucket's top bits, with a small hash map of the newest entries that is
-//! merged in from time to time.
+//! sorted packed arrays per band (about five bytes an entry, no per-bucket allocation) with a
+//! directory by the bucket's top bits, in three tiers: the newest entries in a small hash map,
+//! merged every [`FRESH_AT`] answers into a small sorted run of the recent ones, which is merged
+//! every [`RECENT_AT`] answers into the run of all the others. A merge rewrites its target, so
+//! the small run keeps the big one's merges as rare as one tier did, while the hash map, the
+//! costliest entries by far, stays small.
 //! What the diff module persists is one sled value per committed batch holding that batch's
 //! entries ([`LshIndex::take_chunk`]), written in the same atomic batch as the diff checkpoint,
 //! so the index loaded after a crash is exactly the index as of the checkpoint.
@@ -22,12 +25,14 @@ pub const BANDS: usize = 32;
 /// Members kept per bucket (the most recent): boilerplate fills buckets, and a cap keeps each
 /// lookup bounded.
 pub const BUCKET_LIMIT: usize = 64;
-/// Fresh entries (per band) merged into the sorted runs once this many answers are waiting. A
-/// merge unpacks and repacks the sorted runs, so fewer merges cost less time; but a fresh entry
-/// takes about 26 bytes (a hash map slot and a chain link; 32 entries an answer) against about
-/// 6 merged: 13.6 MB at this bound. Half the bound took duplicate detection at 200,000 answers
-/// from 9.1 / 9.4 s to 10.1 / 9.8 s for 6.8 MB less.
-const MERGE_AT: usize = 16_384;
+/// Fresh entries (per band) are merged into the recent run once this many answers are waiting.
+/// A fresh entry takes about 26 bytes (a hash map slot and a chain link; 32 entries an answer)
+/// against about 5 merged. With fresh entries merged straight into the big run, this bound had
+/// to be 16,384 answers (13.6 MB of fresh entries at its top): half of it took duplicate
+/// detection at 200,000 answers from 9.1 / 9.4 s to 10.1 / 9.8 s.
+const FRESH_AT: usize = 2_048;
+/// The recent run is merged into the big one once it holds this many answers (2.6 MB at most).
+const RECENT_AT: usize = 16_384;
 /// No earlier entry in a fresh bucket's chain.
 const NONE: u32 = u32::MAX;
 /// Chunk encoding version (the first byte of every persisted chunk).
@@ -42,9 +47,13 @@ pub type Buckets = [u32; BANDS];
 pub struct LshIndex {
     /// Member number -> (event seq, question tag), in the order answers were added.
     members: Vec<(u64, u64)>,
-    /// Per band, `bucket << 32 | member`, sorted, with a directory into it.
+    /// Per band, `bucket << 32 | member`, sorted, with a directory into it: all but the recent
+    /// and fresh entries.
     sorted: Vec<SortedBand>,
-    /// Per band, the entries added since the last merge.
+    /// Per band, the entries merged from `fresh` since the last merge into `sorted`.
+    recent: Vec<SortedBand>,
+    recent_answers: usize,
+    /// Per band, the entries added since the last merge into `recent`.
     fresh: Vec<Fresh>,
     fresh_answers: usize,
     /// The top 64 bits of the digest of the normalised text -> the first member with such a
@@ -66,6 +75,7 @@ impl LshIndex {
     pub fn new() -> LshIndex {
         LshIndex {
             sorted: (0..BANDS).map(|_| SortedBand::default()).collect(),
+            recent: (0..BANDS).map(|_| SortedBand::default()).collect(),
             fresh: (0..BANDS).map(|_| Fresh::default()).collect(),
             ..LshIndex::default()
         }
@@ -133,20 +143,28 @@ impl LshIndex {
         // and the processor overlaps them.
         let near: [std::ops::Range<usize>; BANDS] =
             std::array::from_fn(|band| self.sorted[band].near(buckets[band]));
+        let near_recent: [std::ops::Range<usize>; BANDS] =
+            std::array::from_fn(|band| self.recent[band].near(buckets[band]));
         let old: [std::ops::Range<usize>; BANDS] = std::array::from_fn(|band| {
             self.sorted[band].bucket_in(near[band].clone(), buckets[band])
         });
+        let recent: [std::ops::Range<usize>; BANDS] = std::array::from_fn(|band| {
+            self.recent[band].bucket_in(near_recent[band].clone(), buckets[band])
+        });
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
         for (band, bucket) in buckets.iter().enumerate() {
-            let sorted = &self.sorted[band];
-            let old = old[band].clone();
+            let (sorted, sorted_recent) = (&self.sorted[band], &self.recent[band]);
+            let (old, recent) = (old[band].clone(), recent[band].clone());
             let mut latest = [0u32; BUCKET_LIMIT];
             let new = self.fresh[band].latest(*bucket, &mut latest);
-            // Latest BUCKET_LIMIT of old ++ new (both ascending).
+            // Latest BUCKET_LIMIT of old ++ recent ++ new (each ascending, each newer than the
+            // one before).
             let from_new = new.len().min(BUCKET_LIMIT);
-            let from_old = (BUCKET_LIMIT - from_new).min(old.len());
+            let from_recent = (BUCKET_LIMIT - from_new).min(recent.len());
+            let from_old = (BUCKET_LIMIT - from_new - from_recent).min(old.len());
             let members = (old.end - from_old..old.end)
                 .map(|i| sorted.member(i))
+                .chain((recent.end - from_recent..recent.end).map(|i| sorted_recent.member(i)))
                 .chain(new[new.len() - from_new..].iter().copied());
             for member in members {
                 if let Some(&(seq, tag)) = self.members.get(member as usize) {
@@ -190,8 +208,11 @@ impl LshIndex {
             self.pending.extend_from_slice(&bucket.to_be_bytes());
         }
         self.fresh_answers += 1;
-        if self.fresh_answers >= MERGE_AT {
-            self.merge();
+        if self.fresh_answers >= FRESH_AT {
+            self.merge_fresh();
+            if self.recent_answers >= RECENT_AT {
+                self.merge_recent();
+            }
         }
         Ok(())
     }
@@ -208,29 +229,45 @@ impl LshIndex {
         Ok(member)
     }
 
-    fn merge(&mut self) {
-        for (band, fresh) in self.sorted.iter_mut().zip(&mut self.fresh) {
-            let sorted = band.entries();
+    /// The fresh entries into the recent run.
+    fn merge_fresh(&mut self) {
+        for (band, fresh) in self.recent.iter_mut().zip(&mut self.fresh) {
             let mut add = fresh.drain();
             add.sort_unstable();
-            let mut merged = Vec::with_capacity(sorted.len() + add.len());
-            let (mut i, mut j) = (0, 0);
-            while i < sorted.len() && j < add.len() {
-                if sorted[i] <= add[j] {
-                    merged.push(sorted[i]);
-                    i += 1;
-                } else {
-                    merged.push(add[j]);
-                    j += 1;
-                }
-            }
-            merged.extend_from_slice(&sorted[i..]);
-            merged.extend_from_slice(&add[j..]);
-            prune(&mut merged);
-            *band = SortedBand::new(&merged);
+            *band = merged(band, &add);
         }
+        self.recent_answers += self.fresh_answers;
         self.fresh_answers = 0;
     }
+
+    /// The recent run into the big one (after the fresh entries into the recent run).
+    fn merge_recent(&mut self) {
+        for (band, recent) in self.sorted.iter_mut().zip(&mut self.recent) {
+            *band = merged(band, &std::mem::take(recent).entries());
+        }
+        self.recent_answers = 0;
+    }
+}
+
+/// `run` with `add` merged in (`add` ascending, its members newer than the run's), keeping each
+/// bucket's latest BUCKET_LIMIT members.
+fn merged(run: &SortedBand, add: &[u64]) -> SortedBand {
+    let sorted = run.entries();
+    let mut merged = Vec::with_capacity(sorted.len() + add.len());
+    let (mut i, mut j) = (0, 0);
+    while i < sorted.len() && j < add.len() {
+        if sorted[i] <= add[j] {
+            merged.push(sorted[i]);
+            i += 1;
+        } else {
+            merged.push(add[j]);
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&sorted[i..]);
+    merged.extend_from_slice(&add[j..]);
+    prune(&mut merged);
+    SortedBand::new(&merged)
 }
 
 /// A band's merged entries, ascending by (bucket, member), packed, with a directory by the
@@ -412,7 +449,7 @@ struct Fresh {
 
 impl Fresh {
     fn push(&mut self, bucket: u32, member: u32) {
-        // Fewer than MERGE_AT * BANDS entries, far below u32::MAX.
+        // Fewer than FRESH_AT * BANDS entries, far below u32::MAX.
         let at = self.links.len() as u32;
         let previous = self.heads.insert(bucket, at).unwrap_or(NONE);
         self.links.push((member, previous));
@@ -564,6 +601,7 @@ mod tests {
             cut_every in 1usize..90,
             // Up to longer than BUCKET_LIMIT, so fresh chains overflow it between merges.
             merge_every in 1usize..200,
+            fold_every in 1usize..300,
             // Small buckets all share the directory's first slot; spread ones use all slots.
             spread in prop_oneof![Just(1u32), Just(0x9E37_79B1u32)],
         ) {
@@ -580,7 +618,10 @@ mod tests {
                 index.insert(seq, *tag, &buckets, digest(*bucket_seed)).unwrap();
                 reference.insert(seq, *tag, &buckets);
                 if i % merge_every == 0 {
-                    index.merge();
+                    index.merge_fresh();
+                }
+                if i % fold_every == 0 {
+                    index.merge_recent();
                 }
                 if i % cut_every == 0 {
                     chunks.extend(index.take_chunk());
