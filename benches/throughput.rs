@@ -24,9 +24,10 @@ use answerfeed::fetch::{self, ApiClient, CycleOptions};
 use answerfeed::log::{EventLog, StoreOptions};
 use answerfeed::shutdown::Shutdown;
 
-// The same allocator as the binary, so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The same allocator, with the same options, as the binary, so the figures are the binary's.
+#[path = "../src/allocator.rs"]
+#[allow(dead_code)]
+mod allocator;
 
 fn main() {
     let n: usize = std::env::var("BENCH_N")

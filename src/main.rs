@@ -18,47 +18,7 @@ use answerfeed::record::FeedOrder;
 use answerfeed::schedule::Schedule;
 use answerfeed::shutdown::Shutdown;
 
-// mimalloc rather than glibc's malloc: sled allocates and frees node buffers at a high rate from
-// two threads (fetch or ingest, and the derive thread), and glibc's per-thread arenas kept the
-// freed memory, so the resident size grew well past the data in use (README, Benchmarks).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Hands the memory this thread's heap holds free back to the OS, and takes in the pages other
-/// threads freed into it. The daemon calls it on the thread that closed the log: mimalloc
-/// otherwise keeps those pages until the thread allocates again (measured: 66 MB against 11 MB
-/// anonymous memory after closing the log of 200,000 answers).
-fn return_freed_memory() {
-    // SAFETY: mi_collect has no preconditions; it only touches the calling thread's heap and
-    // mimalloc's shared free lists, under mimalloc's own synchronisation.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// mimalloc's `mi_option_purge_delay`: its place in the option enum of the mimalloc 3 that
-/// libmimalloc-sys 0.1.49 builds (the crate names no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// mimalloc's default purge delay, in ms: what the option holds if it is the one meant above.
-const MI_DEFAULT_PURGE_DELAY: std::os::raw::c_long = 1000;
-/// The purge delay answerfeed runs with, unless `MIMALLOC_PURGE_DELAY` says otherwise.
-const PURGE_DELAY_MS: std::os::raw::c_long = 10;
-
-/// Has mimalloc give freed memory back to the OS after 10 ms instead of a second. A backfill
-/// frees and reallocates memory on four threads faster than a second's worth of it is reused:
-/// at 200,000 answers `fetch --once` peaked at 211-232 MB with the default and 175-183 MB with
-/// 10 ms (its live heap peaks at 114 MB), for about 4% more time (five alternated runs each;
-/// 0 ms gave 166-173 MB and 13% more time). README, Benchmarks.
-fn return_freed_memory_sooner() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: reading and setting an option has no preconditions. The option is set only if it
-    // holds mimalloc's default, so that if the enum ever moved, no other option is changed.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_DEFAULT_PURGE_DELAY {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-    }
-}
+mod allocator;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -228,7 +188,6 @@ enum FormatArg {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_sooner();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -526,7 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &schedule,
                     &shutdown,
                     Some(listener),
-                    return_freed_memory,
+                    allocator::return_freed_memory,
                 )
                 .await?;
                 anyhow::Ok(())
@@ -780,32 +739,50 @@ fn init_tracing(config: &Config, verbose: u8) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::allocator;
+    use std::ffi::CStr;
 
-    /// The option at the place answerfeed sets is the purge delay: it holds mimalloc's default
-    /// (or what `MIMALLOC_PURGE_DELAY` says), and takes the shorter delay.
+    /// An option's value as jemalloc runs with it (`opt.<name>`), if it is a `ssize_t` one.
+    fn option_isize(name: &CStr) -> Option<isize> {
+        let mut value: isize = 0;
+        let mut len = std::mem::size_of::<isize>();
+        // SAFETY: `value` and `len` are valid for writes of an ssize_t and its size.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&mut value as *mut isize).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (rc == 0).then_some(value)
+    }
+
+    /// The options compiled in by `src/allocator.rs` are the ones jemalloc runs with (the symbol
+    /// was linked, and read: without it the decay would be jemalloc's default of 10 s), unless
+    /// the environment changes them.
     #[test]
-    fn the_purge_delay_is_the_option_set() {
-        // SAFETY: reading an option has no preconditions.
-        let read = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        match std::env::var("MIMALLOC_PURGE_DELAY") {
-            Ok(set) => {
-                return_freed_memory_sooner();
-                assert_eq!(
-                    read().to_string(),
-                    set.trim(),
-                    "the environment is left to rule"
-                );
-            }
-            Err(_) => {
-                assert!(
-                    [MI_DEFAULT_PURGE_DELAY, PURGE_DELAY_MS].contains(&read()),
-                    "option {MI_OPTION_PURGE_DELAY} holds {}, not mimalloc's purge delay",
-                    read()
-                );
-                return_freed_memory_sooner();
-                assert_eq!(read(), PURGE_DELAY_MS);
-            }
+    fn jemalloc_runs_with_the_compiled_in_options() {
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+            return;
         }
+        assert_eq!(option_isize(c"opt.dirty_decay_ms"), Some(10));
+        assert_eq!(option_isize(c"opt.muzzy_decay_ms"), Some(0));
+        let mut arenas: u32 = 0;
+        let mut len = std::mem::size_of::<u32>();
+        // SAFETY: `arenas` and `len` are valid for writes of an unsigned and its size.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"opt.narenas".as_ptr(),
+                (&mut arenas as *mut u32).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!((rc, arenas), (0, 2));
+        // Callable from any thread, with nothing to hand back or not.
+        allocator::return_freed_memory();
     }
 }
