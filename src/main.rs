@@ -742,15 +742,17 @@ mod tests {
     use super::allocator;
     use std::ffi::CStr;
 
-    /// An option's value as jemalloc runs with it (`opt.<name>`), if it is a `ssize_t` one.
-    fn option_isize(name: &CStr) -> Option<isize> {
-        let mut value: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        // SAFETY: `value` and `len` are valid for writes of an ssize_t and its size.
+    /// An option's value as jemalloc runs with it (`opt.<name>`), read as a `T` of the option's
+    /// own C type.
+    fn option<T: Copy + Default>(name: &CStr) -> Option<T> {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: `value` and `len` are valid for writes of a T and its size; jemalloc refuses
+        // (non-zero) a size that is not the option's.
         let rc = unsafe {
             tikv_jemalloc_sys::mallctl(
                 name.as_ptr(),
-                (&mut value as *mut isize).cast(),
+                (&mut value as *mut T).cast(),
                 &mut len,
                 std::ptr::null_mut(),
                 0,
@@ -767,21 +769,9 @@ mod tests {
         if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
             return;
         }
-        assert_eq!(option_isize(c"opt.dirty_decay_ms"), Some(10));
-        assert_eq!(option_isize(c"opt.muzzy_decay_ms"), Some(0));
-        let mut arenas: u32 = 0;
-        let mut len = std::mem::size_of::<u32>();
-        // SAFETY: `arenas` and `len` are valid for writes of an unsigned and its size.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.narenas".as_ptr(),
-                (&mut arenas as *mut u32).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!((rc, arenas), (0, 2));
+        assert_eq!(option::<isize>(c"opt.dirty_decay_ms"), Some(10));
+        assert_eq!(option::<isize>(c"opt.muzzy_decay_ms"), Some(0));
+        assert_eq!(option::<u32>(c"opt.narenas"), Some(2));
         // Callable from any thread, with nothing to hand back or not.
         allocator::return_freed_memory();
     }

@@ -208,22 +208,25 @@ pub fn total_mismatches(record: &AnswerRecord) -> Vec<TotalMismatch> {
                 None => (String::new(), None),
             }
         };
-        for (r, total_row) in table.rows.iter().enumerate() {
+        // Read once per table, not once per total row.
+        let periods: Vec<(String, Option<usize>)> = table.rows.iter().map(period_of).collect();
+        for ((r, total_row), (group, period_col)) in table.rows.iter().enumerate().zip(&periods) {
             if !total_row.total {
                 continue;
             }
-            let (group, period_col) = period_of(total_row);
             let members: Vec<&crate::record::Row> = table
                 .rows
                 .iter()
-                .filter(|row| !row.total && period_of(row).0 == group)
+                .zip(&periods)
+                .filter(|(row, (period, _))| !row.total && period == group)
+                .map(|(row, _)| row)
                 .collect();
             if members.len() < 2 {
                 continue;
             }
             for (c, cell) in total_row.cells.iter().enumerate() {
                 // Years are not added up.
-                if Some(c) == period_col {
+                if Some(c) == *period_col {
                     continue;
                 }
                 let Some(stated) = cell_value(cell) else {
