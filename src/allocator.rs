@@ -7,8 +7,8 @@
 //! Why jemalloc, and why these options (README, Benchmarks, stop 20): at 200,000 answers the
 //! backfill's live heap peaks at about 90 MB, and what the allocator keeps on top of it decides
 //! the resident size. With the same code, `fetch --once` peaked at 168-177 MB with mimalloc
-//! (purge delay 10 ms; 166-173 MB at 0), 182-189 MB with glibc's malloc (147 MB with its arenas,
-//! mmap and trim thresholds all tuned, but at 54-58 s instead of about 30), 174 MB with
+//! (purge delay 10 ms; 166-173 MB at 0 in stop 19), 182-189 MB with glibc's malloc (stop 19; 147
+//! MB with its arenas, mmap and trim thresholds all tuned, but at 54-58 s instead of about 30), 174 MB with
 //! jemalloc's defaults, and 136-144 MB with jemalloc as set here (with the near-duplicate index in
 //! tiers), for about 6% more CPU than mimalloc.
 
