@@ -18,6 +18,7 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Borrow;
 
 use crate::config::{Config, SmtpConfig, SubscriptionConfig, TopicConfig};
 use crate::event::{AlertSent, Envelope, Event, Flag, FlagDetail, Observation, Payload, Source};
@@ -269,10 +270,19 @@ impl<'c> AlertConsumer<'c> {
 
     /// Queues what the events of `batch` after the checkpoint call for, with the checkpoint, in
     /// one write.
-    pub fn apply(&mut self, log: &EventLog, batch: &[Envelope]) -> Result<(), AlertError> {
+    pub fn apply<E: Borrow<Envelope>>(
+        &mut self,
+        log: &EventLog,
+        batch: &[E],
+    ) -> Result<(), AlertError> {
         let mut state = Overlay::new(&self.tree);
         let mut last = None;
-        for envelope in batch.iter().filter(|e| e.seq > self.checkpoint) {
+        let checkpoint = self.checkpoint;
+        for envelope in batch
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|e| e.seq > checkpoint)
+        {
             self.report.queued += queue_event(log, self.config, &mut state, envelope, &self.now)?;
             last = Some(envelope.seq);
             self.report.events_read += 1;

@@ -21,6 +21,7 @@
 //! `m`), as 20 digits; a posting block holds the entries of its index value whose seq falls in
 //! it (see [`postings`]).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -261,10 +262,16 @@ impl<'t> ProjectConsumer<'t> {
     }
 
     /// Applies the events of `batch` after the checkpoint, with the checkpoint, in one write.
-    pub fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectError> {
+    /// The events may be borrowed from several places (the log, or appends held in memory).
+    pub fn apply<E: Borrow<Envelope>>(&mut self, batch: &[E]) -> Result<(), ProjectError> {
         let mut overlay = Overlay::new(&self.tree);
         let mut last = None;
-        for envelope in batch.iter().filter(|e| e.seq > self.report.checkpoint) {
+        let checkpoint = self.report.checkpoint;
+        for envelope in batch
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|e| e.seq > checkpoint)
+        {
             apply(&mut overlay, self.topics, envelope)?;
             last = Some(envelope.seq);
             self.report.events_applied += 1;

@@ -295,23 +295,85 @@ fn handed_events_are_used_only_where_they_line_up_with_the_log() {
     )
     .unwrap();
     let stored = log.read_batch(1, 6, usize::MAX).unwrap();
+    // What the diff module prepares: the events read, then the handed ones if trusted.
+    let joined = |from: u64, handed: Vec<Envelope>| {
+        let (mut events, handed) = appended_events(&log, from, 6, Some(Arc::new(handed))).unwrap();
+        events.extend(handed.iter().flat_map(|h| h.iter().cloned()));
+        events
+    };
     // Handed 4..=6: 1..=3 read from the log, the rest as handed.
-    let events = appended_events(&log, 1, 6, stored[3..].to_vec()).unwrap();
-    assert_eq!(events, stored);
+    let (read, handed) = appended_events(&log, 1, 6, Some(Arc::new(stored[3..].to_vec()))).unwrap();
+    assert_eq!(read, stored[..3]);
+    assert_eq!(handed.as_deref(), Some(&stored[3..].to_vec()));
     // A stand-in for event 5 that differs from the log's: trusted only when the handed events
     // line up, and here they do not (5 is missing), so everything is read.
     let mut with_gap = vec![stored[3].clone(), stored[5].clone()];
     with_gap[0].recorded_at = "not what the log holds".into();
-    assert_eq!(appended_events(&log, 1, 6, with_gap).unwrap(), stored);
+    assert_eq!(joined(1, with_gap), stored);
     // Handed events that start before the range, or end elsewhere: read.
     let mut early = stored[1..].to_vec();
     early[0].recorded_at = "not what the log holds".into();
-    assert_eq!(appended_events(&log, 3, 6, early).unwrap(), stored[2..]);
-    assert_eq!(
-        appended_events(&log, 1, 6, stored[3..5].to_vec()).unwrap(),
-        stored
-    );
-    assert_eq!(appended_events(&log, 1, 6, Vec::new()).unwrap(), stored);
+    assert_eq!(joined(3, early), stored[2..]);
+    assert_eq!(joined(1, stored[3..5].to_vec()), stored);
+    assert_eq!(joined(1, Vec::new()), stored);
+    assert_eq!(appended_events(&log, 1, 6, None).unwrap(), (stored, None));
+}
+
+/// The views' thread takes the appends it is handed, reads from the log only the events
+/// between them (the diff module's flags) and those it was not handed, and holds at most
+/// RECENT_EVENTS events.
+#[test]
+fn the_views_read_from_the_log_only_what_they_were_not_handed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(
+        (0..10).map(|i| answer(i, i)).collect(),
+        "2026-11-29T00:00:00Z",
+    )
+    .unwrap();
+    let stored = log.read_batch(1, 10, usize::MAX).unwrap();
+    // Handed 3..=4 and 7..=8, each marked so that a copy taken from them can be told apart.
+    let marked = |range: std::ops::Range<usize>| {
+        let mut events = stored[range].to_vec();
+        for e in &mut events {
+            e.recorded_at = format!("handed {}", e.seq);
+        }
+        events
+    };
+    let recent = RecentAppends::default();
+    recent.push(Arc::new(marked(2..4)));
+    recent.push(Arc::new(marked(6..8)));
+    // Not consecutive: never held.
+    recent.push(Arc::new(vec![
+        stored[8].clone(),
+        stored[9].clone(),
+        stored[8].clone(),
+    ]));
+    let events = |from, upto| -> Vec<Envelope> {
+        let parts = recent.events(&log, from, upto).unwrap();
+        parts
+            .iter()
+            .flat_map(|p| p.events().iter().cloned())
+            .collect()
+    };
+    let mut expected = stored.clone();
+    expected.splice(2..4, marked(2..4));
+    expected.splice(6..8, marked(6..8));
+    assert_eq!(events(1, 10), expected);
+    // A held append past the head (made after the head was read) is left for later.
+    let mut upto_7 = expected[..4].to_vec();
+    upto_7.extend_from_slice(&stored[4..7]);
+    assert_eq!(events(1, 7), upto_7);
+    // Appends that end before `from` are let go.
+    assert_eq!(events(6, 10), expected[5..]);
+    assert_eq!(recent.lock().len(), 1);
+    // The oldest appends go once more than RECENT_EVENTS events are held.
+    for _ in 0..RECENT_EVENTS {
+        recent.push(Arc::new(marked(9..10)));
+    }
+    let held: usize = recent.lock().iter().map(|a| a.len()).sum();
+    assert_eq!(held, RECENT_EVENTS);
+    assert!(recent.lock().iter().all(|a| a[0].seq == 10));
 }
 
 /// Once the diff thread has stopped (a failure), nothing takes from its queue: later appends
@@ -327,15 +389,16 @@ fn a_stopped_diff_gate_keeps_no_events() {
     .unwrap();
     let events = log.read_batch(1, 3, usize::MAX).unwrap();
     let gate = DiffGate::new(1);
-    gate.appended(events[..1].to_vec());
+    gate.appended(Arc::new(events[..1].to_vec()));
     gate.stop();
     for _ in 0..100 {
-        gate.appended(events.clone());
+        gate.appended(Arc::new(events.clone()));
     }
     assert_eq!(gate.lock().appends.len(), 1);
     // What was queued before the stop is still handed out.
     assert_eq!(
-        gate.take_append(0).map(|(last, e)| (last, e.len())),
+        gate.take_append(0)
+            .map(|(last, e)| (last, e.map_or(0, |e| e.len()))),
         Some((1, 1))
     );
     assert_eq!(gate.take_append(1), None);
