@@ -284,7 +284,18 @@ impl<'s> DiffConsumer<'s> {
     /// after a crash between the two the batch is analysed again, and appending the same flags
     /// again appends nothing).
     pub fn commit(&mut self, log: &mut EventLog) -> Result<(), DiffError> {
-        let result = self.commit_inner(log);
+        self.commit_then(log, || {})
+    }
+
+    /// [`DiffConsumer::commit`], calling `flags_in` once the flags are in the log (or there were
+    /// none), before the state is written: a follower lets the appends it holds back go on
+    /// there, since only the flags' place in the log depends on when they go.
+    pub fn commit_then(
+        &mut self,
+        log: &mut EventLog,
+        flags_in: impl FnOnce(),
+    ) -> Result<(), DiffError> {
+        let result = self.commit_inner(log, flags_in);
         if result.is_err() {
             self.lsh = None;
         }
@@ -338,8 +349,13 @@ impl<'s> DiffConsumer<'s> {
         Ok(())
     }
 
-    fn commit_inner(&mut self, log: &mut EventLog) -> Result<(), DiffError> {
+    fn commit_inner(
+        &mut self,
+        log: &mut EventLog,
+        flags_in: impl FnOnce(),
+    ) -> Result<(), DiffError> {
         let Some(prepared) = self.prepared.take() else {
+            flags_in();
             return Ok(());
         };
         if !prepared.flags.is_empty() {
@@ -353,6 +369,7 @@ impl<'s> DiffConsumer<'s> {
                 .filter(|o| matches!(o, Appended::New { .. }))
                 .count() as u64;
         }
+        flags_in();
         self.commit_state(prepared)
     }
 

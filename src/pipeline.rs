@@ -481,8 +481,9 @@ fn follow_appends(
         analysed += 1;
         if gate.lock().group_end() == Some(analysed - 1) {
             gate.wait_for_place(analysed - 1);
-            consumer.commit(&mut log)?;
-            gate.committed(analysed);
+            // The appends held back wait for the flags only, not for the state written after
+            // them (a crash between the two re-derives the same flags, which append nothing).
+            consumer.commit_then(&mut log, || gate.committed(analysed))?;
             analysed = 0;
         }
     }
@@ -543,10 +544,11 @@ struct RecentAppends {
     appends: std::sync::Mutex<std::collections::VecDeque<Written>>,
 }
 
-/// Events [`RecentAppends`] holds at most. Over a backfill of 200,000 answers the views trailed
-/// the log's head by about 300 events (median), 1,100 (90th percentile) and 1,600 at most;
-/// what they fall further behind on is read from the log. A held event costs its decoded size
-/// (a few KB): twice this bound peaked 4-6 MB higher in a 200,000-answer `fetch --once`.
+/// Events [`RecentAppends`] holds at most, and the most the views' thread applies at a time.
+/// Over a backfill of 200,000 answers the views trailed the log's head by about 300 events
+/// (median), 1,100 (90th percentile) and 1,600 at most; what they fall further behind on is
+/// read from the log. A held event costs its decoded size (a few KB): twice this bound peaked
+/// 4-6 MB higher in a 200,000-answer `fetch --once`.
 const RECENT_EVENTS: usize = 1024;
 
 impl RecentAppends {
@@ -661,14 +663,17 @@ fn derive_views_with(
             Ok(())
         };
         match recent {
-            // Up to RECENT_EVENTS, in one write per consumer: more than that is a backlog, read
-            // in batches.
-            Some(recent) if head - from < RECENT_EVENTS as u64 => {
-                let parts = recent.events(log, from, head)?;
+            // Up to RECENT_EVENTS at a time, each in one write per consumer. Behind by more,
+            // the oldest are read from the log here, not ahead on a reader thread: the views
+            // only fall behind when both cores are busy, and what a reader holds would come on
+            // top of the held appends.
+            Some(recent) => {
+                let upto = head.min(from.saturating_add(RECENT_EVENTS as u64 - 1));
+                let parts = recent.events(log, from, upto)?;
                 let batch: Vec<&Envelope> = parts.iter().flat_map(|p| p.events()).collect();
                 apply(&batch)?;
             }
-            _ => log.for_each_batch(from, head, BATCH, |batch| {
+            None => log.for_each_batch(from, head, BATCH, |batch| {
                 apply(&batch.iter().collect::<Vec<_>>())
             })?,
         }

@@ -403,3 +403,46 @@ fn a_stopped_diff_gate_keeps_no_events() {
     );
     assert_eq!(gate.take_append(1), None);
 }
+
+/// The views' thread, handed some appends and trailing the head by more than RECENT_EVENTS,
+/// derives in steps of at most RECENT_EVENTS from what it holds and what it reads, and ends with
+/// the views a rebuild gives.
+#[test]
+fn views_taken_from_held_appends_and_the_log_equal_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    let config = Config::defaults().unwrap();
+    let total = RECENT_EVENTS * 2 + 100;
+    // Every third question answered twice (a revision), so views are replaced as well as added.
+    let observations: Vec<Observation> = (0..total)
+        .map(|i| answer(if i % 3 == 0 { i / 2 } else { i }, i))
+        .collect();
+    let mut appended = Vec::new();
+    for batch in observations.chunks(97) {
+        let report = log.append(batch.to_vec(), "2026-11-29T00:00:00Z").unwrap();
+        let seqs: Vec<u64> = report
+            .outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Appended::New { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+            appended.push(log.read_batch(*first, *last, usize::MAX).unwrap());
+        }
+    }
+    // Held: every other append from the middle on (the views were handed the rest too late).
+    let recent = RecentAppends::default();
+    for events in appended.iter().skip(appended.len() / 2).step_by(2) {
+        recent.push(Arc::new(events.clone()));
+    }
+    let head = log.head().unwrap();
+    assert!(head as usize > RECENT_EVENTS * 2);
+    let report = derive_views_with(&log, &config, Some(&recent), false).unwrap();
+    assert_eq!(report.project.checkpoint, head);
+    assert_eq!(report.project.events_applied, head);
+    let incremental = project::digest(&log).unwrap();
+    let (_, rebuilt, _) = project::rebuild(&log, &config.topics).unwrap();
+    assert_eq!(incremental, rebuilt);
+}
