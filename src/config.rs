@@ -238,9 +238,11 @@ impl Config {
             merge(&mut merged, value);
             value = merged;
         }
-        apply_env(&mut value, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(
-            |e: serde_path_to_error::Error<toml::de::Error>| {
+        let overridden = apply_env(&mut value, env)?;
+        // A bad value set by an environment variable is the variable's fault, not the file's.
+        let blame = |error: ConfigError| blame_variable(error, &overridden);
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
                 // Spans point into the merged table, not the user's file: the key's path says
                 // where instead.
                 let path = e.path().to_string();
@@ -254,9 +256,9 @@ impl Config {
                         format!("{path}: {message}")
                     },
                 }
-            },
-        )?;
-        config.validate(origin)?;
+            })
+            .map_err(blame)?;
+        config.validate(origin).map_err(blame)?;
         Ok(config)
     }
 
@@ -436,11 +438,13 @@ impl Config {
     }
 }
 
-/// Overrides keys from environment variables, typed like the value they replace.
+/// Overrides keys from environment variables, typed like the value they replace. Returns the
+/// keys overridden (`section.key`) and the variable that set each.
 fn apply_env(
     table: &mut toml::Table,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut overridden = Vec::new();
     for (section, value) in table.iter_mut() {
         let toml::Value::Table(inner) = value else {
             // Top-level keys (data_dir) are read by the command line's own env handling.
@@ -449,6 +453,7 @@ fn apply_env(
         for (key, current) in inner.iter_mut() {
             let name = format!("ANSWERFEED_{}_{}", section, key).to_uppercase();
             let Some(raw) = env(&name) else { continue };
+            overridden.push((format!("{section}.{key}"), name.clone()));
             let invalid = |why: String| ConfigError::Invalid {
                 origin: format!("environment variable {name}"),
                 location: String::new(),
@@ -477,7 +482,37 @@ fn apply_env(
             };
         }
     }
-    Ok(())
+    Ok(overridden)
+}
+
+/// `error` with the environment variable as its origin when its message is about a key that
+/// variable set (messages start with the key's path: `fetch.page_size must be ...`).
+fn blame_variable(error: ConfigError, overridden: &[(String, String)]) -> ConfigError {
+    let ConfigError::Invalid {
+        origin,
+        location,
+        message,
+    } = error
+    else {
+        return error;
+    };
+    let names_key = |key: &str| {
+        message
+            .strip_prefix(key)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+    };
+    match overridden.iter().find(|(key, _)| names_key(key)) {
+        Some((_, variable)) => ConfigError::Invalid {
+            origin: format!("environment variable {variable}"),
+            location: String::new(),
+            message,
+        },
+        None => ConfigError::Invalid {
+            origin,
+            location,
+            message,
+        },
+    }
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -521,6 +556,53 @@ mod tests {
         let err = Config::resolve(None, &bad).unwrap_err().to_string();
         assert!(err.contains("ANSWERFEED_FETCH_PAGE_SIZE"), "{err}");
         assert!(err.contains("\"lots\" is not a whole number"), "{err}");
+    }
+
+    /// A value of the right type that the checks refuse names the variable that set it, not
+    /// the file or the defaults under it; other keys' errors keep their origin.
+    #[test]
+    fn a_refused_value_from_the_environment_names_its_variable() {
+        let zero = |name: &str| (name == "ANSWERFEED_FETCH_PAGE_SIZE").then(|| "0".to_string());
+        let err = Config::resolve(None, &zero).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config environment variable ANSWERFEED_FETCH_PAGE_SIZE: fetch.page_size must be \
+             between 1 and 1000, not 0"
+        );
+        let url = |name: &str| (name == "ANSWERFEED_FETCH_BASE_URL").then(|| "nowhere".to_string());
+        let err = Config::resolve(None, &url).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "config environment variable ANSWERFEED_FETCH_BASE_URL: fetch.base_url:"
+            ),
+            "{err}"
+        );
+        // A list of the wrong element type fails in deserializing, under the key's path.
+        let bodies = |name: &str| {
+            (name == "ANSWERFEED_FETCH_ANSWERING_BODIES").then(|| "[\"x\"]".to_string())
+        };
+        let err = Config::resolve(None, &bodies).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config environment variable ANSWERFEED_FETCH_ANSWERING_BODIES:"),
+            "{err}"
+        );
+        // The file's own bad value, with a variable setting another key: the file is named.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("answerfeed.toml");
+        std::fs::write(&path, "[fetch]\nwindow_days = 0\n").unwrap();
+        let err = Config::resolve(Some(&path), &zero).unwrap_err().to_string();
+        assert!(err.contains("fetch.page_size"), "{err}");
+        let ok_page = |name: &str| (name == "ANSWERFEED_FETCH_PAGE_SIZE").then(|| "50".to_string());
+        let err = Config::resolve(Some(&path), &ok_page)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config {}: fetch.window_days must be between 1 and 3660, not 0",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -592,7 +592,15 @@ fn check_config_validates_without_running() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fetch.base_url"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // The variable is named, not the built-in defaults it was read over.
+    assert!(
+        err.starts_with(
+            "error: config environment variable ANSWERFEED_FETCH_BASE_URL: fetch.base_url:"
+        ),
+        "{err}"
+    );
 }
 
 /// SIGTERM mid-cycle: the daemon finishes its page, flushes and exits 0; restarted, it goes on
