@@ -379,14 +379,24 @@ impl Metrics {
             "1 while the daemon has the log open, 0 while it is closed between cycles.",
             vec![(String::new(), u8::from(log_open).to_string())],
         );
-        let head = status.map_or(0, |s| s.log_head);
+        metric(
+            "answerfeed_status_up",
+            "gauge",
+            "1 when this scrape could read the log's status, 0 when it could not (the daemon logs why).",
+            vec![(String::new(), u8::from(status.is_some()).to_string())],
+        );
+        // Without a status there is no head to report: no sample, rather than a 0 that reads
+        // as an emptied log.
+        let head = status.map(|s| s.log_head);
         metric(
             "answerfeed_log_head",
             "gauge",
             "Sequence number of the last event in the log.",
-            vec![(String::new(), head.to_string())],
+            head.iter()
+                .map(|h| (String::new(), h.to_string()))
+                .collect(),
         );
-        if let Some(report) = status {
+        if let (Some(report), Some(head)) = (status, head) {
             let outbox: Vec<(String, String)> = report
                 .outbox
                 .iter()
@@ -720,7 +730,10 @@ pub async fn serve(
     ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
         let s = state.clone();
         let text = tokio::task::spawn_blocking(move || {
-            let status = s.status().ok();
+            let status = s
+                .status()
+                .inspect_err(|e| tracing::warn!(error = %e, "metrics: no status for this scrape"))
+                .ok();
             s.metrics.render(status.as_ref(), s.log.is_open())
         })
         .await
@@ -915,10 +928,28 @@ mod tests {
             .metrics
             .render(Some(&closed_status), state.log.is_open());
         assert!(text.contains("\nanswerfeed_log_open 0\n"), "{text}");
+        assert!(text.contains("\nanswerfeed_status_up 1\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "\nanswerfeed_log_head {}\n",
+                closed_status.log_head
+            )),
+            "{text}"
+        );
         assert!(
             !state.log.is_open(),
             "status, readiness and metrics left it closed"
         );
+        // A scrape that could not read the status says so, and reports no head (a 0 would read
+        // as an emptied log) and no lags.
+        let text = state.metrics.render(None, false);
+        assert!(text.contains("\nanswerfeed_status_up 0\n"), "{text}");
+        assert!(
+            text.contains("# TYPE answerfeed_log_head gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("\nanswerfeed_log_head "), "{text}");
+        assert!(!text.contains("answerfeed_consumer_lag_events{"), "{text}");
 
         // A query opens it; its status is read from the log again.
         let log = state.open_log().unwrap();
