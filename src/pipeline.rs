@@ -123,7 +123,6 @@ impl Drop for Follower {
 /// The two threads of a [`Follower`]: the diff module, following the appends through `gate`,
 /// and the views and the outbox, following the log.
 struct Threads {
-    stop: Option<std::sync::mpsc::Sender<()>>,
     worker: Option<std::thread::JoinHandle<Result<DeriveReport, PipelineError>>>,
     gate: Arc<DiffGate>,
     /// The appends the views' thread has not derived yet.
@@ -144,7 +143,6 @@ impl Threads {
         else {
             return None;
         };
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let mut thread_log = log.clone();
         let thread_config = config.clone();
         let recent = Arc::new(RecentAppends::default());
@@ -154,11 +152,7 @@ impl Threads {
             .spawn(move || {
                 let mut total = DeriveReport::default();
                 loop {
-                    let last = !matches!(
-                        stopped.recv_timeout(FOLLOW_INTERVAL),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                    );
-                    if last {
+                    if thread_recent.wait(FOLLOW_INTERVAL) {
                         total.absorb(derive(&mut thread_log, &thread_config)?);
                         return Ok(total);
                     }
@@ -176,7 +170,6 @@ impl Threads {
             return None;
         };
         Some(Threads {
-            stop: Some(stop),
             worker: Some(worker),
             gate,
             recent,
@@ -187,7 +180,7 @@ impl Threads {
     fn finish(mut self) -> Result<DeriveReport, PipelineError> {
         // The diff module first: the final derive runs it again, from its checkpoint.
         let diff = self.stop_diff();
-        drop(self.stop.take());
+        self.recent.stop();
         let mut report = match self.worker.take() {
             Some(worker) => worker
                 .join()
@@ -215,7 +208,7 @@ impl Threads {
 impl Drop for Threads {
     fn drop(&mut self) {
         let _ = self.stop_diff();
-        drop(self.stop.take());
+        self.recent.stop();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
@@ -539,10 +532,29 @@ fn spans(events: &[Envelope]) -> Option<(u64, u64)> {
 /// or appends it fell too far behind to find): reading and decoding the events was over a
 /// fifth of that thread's time in a backfill. At most [`RECENT_EVENTS`] events are held: the
 /// oldest appends go first.
+///
+/// It also wakes the views' thread: once [`WAKE_EVENTS`] events have been handed over, rather
+/// than at its next look ([`FOLLOW_INTERVAL`]), so that it works while the appending or the
+/// diff thread waits for the other rather than in bursts beside both.
 #[derive(Default)]
 struct RecentAppends {
-    appends: std::sync::Mutex<std::collections::VecDeque<Written>>,
+    held: std::sync::Mutex<Held>,
+    arrived: std::sync::Condvar,
 }
+
+#[derive(Default)]
+struct Held {
+    appends: std::collections::VecDeque<Written>,
+    /// Events handed over since the views' thread last woke.
+    unseen: usize,
+    /// No more appends: the views' thread derives what is left and ends.
+    stopped: bool,
+}
+
+/// New events that wake the views' thread before its next look (about five pages of a fetch).
+/// At 200 the views wrote 1.5% more in a 200,000-answer backfill (smaller batches) for the same
+/// peak memory (130-135 MB, against 135-142 MB waking only every `FOLLOW_INTERVAL`).
+const WAKE_EVENTS: usize = 500;
 
 /// Events [`RecentAppends`] holds at most, and the most the views' thread applies at a time.
 /// Over a backfill of 200,000 answers the views trailed the log's head by about 300 events
@@ -552,9 +564,9 @@ struct RecentAppends {
 const RECENT_EVENTS: usize = 1024;
 
 impl RecentAppends {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Written>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // Plain values, valid whatever a panicking holder was doing.
-        self.appends
+        self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -563,22 +575,45 @@ impl RecentAppends {
         if spans(&events).is_none() {
             return;
         }
-        let mut appends = self.lock();
-        appends.push_back(events);
-        let mut held: usize = appends.iter().map(|a| a.len()).sum();
-        while held > RECENT_EVENTS {
-            match appends.pop_front() {
-                Some(oldest) => held -= oldest.len(),
+        let mut held = self.lock();
+        held.unseen += events.len();
+        let wake = held.unseen >= WAKE_EVENTS;
+        held.appends.push_back(events);
+        let mut count: usize = held.appends.iter().map(|a| a.len()).sum();
+        while count > RECENT_EVENTS {
+            match held.appends.pop_front() {
+                Some(oldest) => count -= oldest.len(),
                 None => break,
             }
         }
+        drop(held);
+        if wake {
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Waits until [`WAKE_EVENTS`] events have been handed over since the last wait, `interval`
+    /// has passed, or the follower stops; returns whether it stopped.
+    fn wait(&self, interval: std::time::Duration) -> bool {
+        let held = self.lock();
+        let (mut held, _) = self
+            .arrived
+            .wait_timeout_while(held, interval, |h| !h.stopped && h.unseen < WAKE_EVENTS)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.unseen = 0;
+        held.stopped
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.arrived.notify_all();
     }
 
     /// The events `from..=upto` (all in the log), in order: the appends held here, the rest
     /// read from the log. Appends that end before `from` are let go.
     fn events(&self, log: &EventLog, from: u64, upto: u64) -> Result<Vec<EventsPart>, LogError> {
         let held: Vec<Written> = {
-            let mut appends = self.lock();
+            let appends = &mut self.lock().appends;
             while appends
                 .front()
                 .and_then(|a| spans(a))

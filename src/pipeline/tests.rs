@@ -366,14 +366,14 @@ fn the_views_read_from_the_log_only_what_they_were_not_handed() {
     assert_eq!(events(1, 7), upto_7);
     // Appends that end before `from` are let go.
     assert_eq!(events(6, 10), expected[5..]);
-    assert_eq!(recent.lock().len(), 1);
+    assert_eq!(recent.lock().appends.len(), 1);
     // The oldest appends go once more than RECENT_EVENTS events are held.
     for _ in 0..RECENT_EVENTS {
         recent.push(Arc::new(marked(9..10)));
     }
-    let held: usize = recent.lock().iter().map(|a| a.len()).sum();
+    let held: usize = recent.lock().appends.iter().map(|a| a.len()).sum();
     assert_eq!(held, RECENT_EVENTS);
-    assert!(recent.lock().iter().all(|a| a[0].seq == 10));
+    assert!(recent.lock().appends.iter().all(|a| a[0].seq == 10));
 }
 
 /// Once the diff thread has stopped (a failure), nothing takes from its queue: later appends
@@ -445,4 +445,40 @@ fn views_taken_from_held_appends_and_the_log_equal_a_rebuild() {
     let incremental = project::digest(&log).unwrap();
     let (_, rebuilt, _) = project::rebuild(&log, &config.topics).unwrap();
     assert_eq!(incremental, rebuilt);
+}
+
+/// The views' thread wakes once WAKE_EVENTS events have been handed over (not only at its next
+/// look), and at once when the follower stops.
+#[test]
+fn the_views_thread_wakes_for_enough_new_events_and_for_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(
+        (0..3).map(|i| answer(i, i)).collect(),
+        "2026-11-29T00:00:00Z",
+    )
+    .unwrap();
+    let events = log.read_batch(1, 3, usize::MAX).unwrap();
+    let recent = Arc::new(RecentAppends::default());
+    let long = std::time::Duration::from_secs(600);
+    // Too few events: the wait lasts its interval.
+    recent.push(Arc::new(events.clone()));
+    assert!(!recent.wait(std::time::Duration::from_millis(10)));
+    // Enough, handed over while the thread waits: it wakes long before the interval.
+    let waiter = {
+        let recent = Arc::clone(&recent);
+        std::thread::spawn(move || recent.wait(long))
+    };
+    for _ in 0..WAKE_EVENTS.div_ceil(events.len()) {
+        recent.push(Arc::new(events.clone()));
+    }
+    assert!(!waiter.join().unwrap());
+    // The count starts again after each wake; a stop ends the wait at once, and every later one.
+    let waiter = {
+        let recent = Arc::clone(&recent);
+        std::thread::spawn(move || recent.wait(long))
+    };
+    recent.stop();
+    assert!(waiter.join().unwrap());
+    assert!(recent.wait(long));
 }
