@@ -286,6 +286,10 @@ impl Config {
         let f = &self.fetch;
         crate::fetch::client::parse_base_url(&f.base_url)
             .map_err(|e| invalid(format!("fetch.base_url: {e}")))?;
+        // The zone first, under its own key: the schedule's check would report it under
+        // `fetch.schedule`, blaming whatever set the schedule.
+        crate::schedule::parse_timezone(&f.timezone)
+            .map_err(|e| invalid(format!("fetch.timezone: {e}")))?;
         crate::schedule::Schedule::parse(&f.schedule, &f.timezone)
             .map_err(|e| invalid(format!("fetch.schedule: {e}")))?;
         if !matches!(f.house.as_str(), "" | "Commons" | "Lords") {
@@ -584,6 +588,26 @@ mod tests {
         let err = Config::resolve(None, &bodies).unwrap_err().to_string();
         assert!(
             err.starts_with("config environment variable ANSWERFEED_FETCH_ANSWERING_BODIES:"),
+            "{err}"
+        );
+        // A bad zone is the zone's key's fault, not the schedule's (which is checked with it).
+        let zone =
+            |name: &str| (name == "ANSWERFEED_FETCH_TIMEZONE").then(|| "Mars/Olympus".to_string());
+        let err = Config::resolve(None, &zone).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config environment variable ANSWERFEED_FETCH_TIMEZONE: fetch.timezone: time zone \"Mars/Olympus\""),
+            "{err}"
+        );
+        let dir_zone = tempfile::tempdir().unwrap();
+        let zone_file = dir_zone.path().join("answerfeed.toml");
+        std::fs::write(&zone_file, "[fetch]\ntimezone = \"Mars/Olympus\"\n").unwrap();
+        let schedule =
+            |name: &str| (name == "ANSWERFEED_FETCH_SCHEDULE").then(|| "0 0 * * * *".to_string());
+        let err = Config::resolve(Some(&zone_file), &schedule)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("config {}: fetch.timezone:", zone_file.display())),
             "{err}"
         );
         // The file's own bad value, with a variable setting another key: the file is named.

@@ -604,6 +604,14 @@ impl EventLog {
         Ok(report)
     }
 
+    /// Removes events, as damage would (for tests of what reads a damaged log).
+    #[cfg(test)]
+    pub(crate) fn remove_events_for_test(&self, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            self.tree.remove(event_key(seq)).unwrap();
+        }
+    }
+
     /// The event with this sequence number.
     pub fn get(&self, seq: u64) -> Result<Option<Envelope>, LogError> {
         match self.tree.get(event_key(seq))? {

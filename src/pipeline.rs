@@ -697,20 +697,28 @@ fn derive_views_with(
             alerts.apply(log, batch)?;
             Ok(())
         };
-        match recent {
-            // Up to RECENT_EVENTS at a time, each in one write per consumer. Behind by more,
-            // the oldest are read from the log here, not ahead on a reader thread: the views
-            // only fall behind when both cores are busy, and what a reader holds would come on
-            // top of the held appends.
+        // Up to RECENT_EVENTS at a time, each in one write per consumer. Behind by more, the
+        // oldest are read from the log here, not ahead on a reader thread: the views only fall
+        // behind when both cores are busy, and what a reader holds would come on top of the
+        // held appends.
+        let applied = match recent {
             Some(recent) => {
                 let upto = head.min(from.saturating_add(RECENT_EVENTS as u64 - 1));
                 let parts = recent.events(log, from, upto)?;
                 let batch: Vec<&Envelope> = parts.iter().flat_map(|p| p.events()).collect();
-                apply(&batch)?;
+                if !batch.is_empty() {
+                    apply(&batch)?;
+                }
+                !batch.is_empty()
             }
-            None => log.for_each_batch(from, head, BATCH, |batch| {
+            None => false,
+        };
+        // Not following appends, or nothing in `from..=upto` (a gap in the sequence, which
+        // `verify` reports): the log, read on from the next event there is.
+        if !applied {
+            log.for_each_batch(from, head, BATCH, |batch| {
                 apply(&batch.iter().collect::<Vec<_>>())
-            })?,
+            })?;
         }
     }
     let alerts = if finish {

@@ -14,6 +14,15 @@ pub struct Schedule {
     tz: chrono_tz::Tz,
 }
 
+/// A time zone by its IANA name (or "UTC").
+pub fn parse_timezone(timezone: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str(timezone).map_err(|_| {
+        format!(
+            "time zone {timezone:?} is not known (use \"UTC\" or a name such as \"Europe/London\")"
+        )
+    })
+}
+
 impl Schedule {
     /// Parses a 6- or 7-field cron expression (seconds first). A 5-field crontab line is refused
     /// with the 6-field form, rather than guessed at.
@@ -32,9 +41,7 @@ impl Schedule {
         }
         let cron = cron::Schedule::from_str(expression)
             .map_err(|e| format!("{expression:?} is not a valid cron expression: {e}"))?;
-        let tz = chrono_tz::Tz::from_str(timezone).map_err(|_| {
-            format!("time zone {timezone:?} is not known (use \"UTC\" or a name such as \"Europe/London\")")
-        })?;
+        let tz = parse_timezone(timezone)?;
         if cron.after(&Utc::now().with_timezone(&tz)).next().is_none() {
             return Err(format!("{expression:?} never fires"));
         }

@@ -48,6 +48,19 @@ fn answer(question: usize, text: usize) -> Observation {
     }
 }
 
+/// A log in a temporary dir holding `n` answers, and its events as read back.
+fn log_of(n: usize) -> (tempfile::TempDir, EventLog, Vec<Envelope>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    log.append(
+        (0..n).map(|i| answer(i, i)).collect(),
+        "2026-11-29T00:00:00Z",
+    )
+    .unwrap();
+    let events = log.read_batch(1, n as u64, usize::MAX).unwrap();
+    (dir, log, events)
+}
+
 /// Appends `batches` through a follower grouping appends of `group_events` new events, pausing
 /// after each append as `pause` says, and returns the log (without the times of recording) and
 /// each append's new seqs.
@@ -287,14 +300,7 @@ fn appends_after_a_follower_finished_start_no_thread() {
 /// and the range is read from the log instead.
 #[test]
 fn handed_events_are_used_only_where_they_line_up_with_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
-    log.append(
-        (0..6).map(|i| answer(i, i)).collect(),
-        "2026-11-29T00:00:00Z",
-    )
-    .unwrap();
-    let stored = log.read_batch(1, 6, usize::MAX).unwrap();
+    let (_dir, log, stored) = log_of(6);
     // What the diff module prepares: the events read, then the handed ones if trusted.
     let joined = |from: u64, handed: Vec<Envelope>| {
         let (mut events, handed) = appended_events(&log, from, 6, Some(Arc::new(handed))).unwrap();
@@ -324,14 +330,7 @@ fn handed_events_are_used_only_where_they_line_up_with_the_log() {
 /// RECENT_EVENTS events.
 #[test]
 fn the_views_read_from_the_log_only_what_they_were_not_handed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
-    log.append(
-        (0..10).map(|i| answer(i, i)).collect(),
-        "2026-11-29T00:00:00Z",
-    )
-    .unwrap();
-    let stored = log.read_batch(1, 10, usize::MAX).unwrap();
+    let (_dir, log, stored) = log_of(10);
     // Handed 3..=4 and 7..=8, each marked so that a copy taken from them can be told apart.
     let marked = |range: std::ops::Range<usize>| {
         let mut events = stored[range].to_vec();
@@ -380,14 +379,7 @@ fn the_views_read_from_the_log_only_what_they_were_not_handed() {
 /// must not pile their events up there until the follower finishes.
 #[test]
 fn a_stopped_diff_gate_keeps_no_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
-    log.append(
-        (0..3).map(|i| answer(i, i)).collect(),
-        "2026-11-29T00:00:00Z",
-    )
-    .unwrap();
-    let events = log.read_batch(1, 3, usize::MAX).unwrap();
+    let (_dir, _log, events) = log_of(3);
     let gate = DiffGate::new(1);
     gate.appended(Arc::new(events[..1].to_vec()));
     gate.stop();
@@ -451,14 +443,7 @@ fn views_taken_from_held_appends_and_the_log_equal_a_rebuild() {
 /// look), and at once when the follower stops.
 #[test]
 fn the_views_thread_wakes_for_enough_new_events_and_for_the_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
-    log.append(
-        (0..3).map(|i| answer(i, i)).collect(),
-        "2026-11-29T00:00:00Z",
-    )
-    .unwrap();
-    let events = log.read_batch(1, 3, usize::MAX).unwrap();
+    let (_dir, _log, events) = log_of(3);
     let recent = Arc::new(RecentAppends::default());
     let long = std::time::Duration::from_secs(600);
     // Too few events: the wait lasts its interval.
@@ -481,4 +466,20 @@ fn the_views_thread_wakes_for_enough_new_events_and_for_the_stop() {
     recent.stop();
     assert!(waiter.join().unwrap());
     assert!(recent.wait(long));
+}
+
+/// A gap in the sequence longer than RECENT_EVENTS (damage `verify` reports) does not stall the
+/// views' thread: it reads on from the next event there is, as a replay does.
+#[test]
+fn the_views_thread_reads_past_a_gap_in_the_log() {
+    let total = RECENT_EVENTS + 50;
+    let (_dir, log, _) = log_of(total);
+    log.remove_events_for_test(2..=RECENT_EVENTS as u64 + 10);
+    let config = Config::defaults().unwrap();
+    let report = derive_views_with(&log, &config, Some(&RecentAppends::default()), false).unwrap();
+    assert_eq!(report.project.checkpoint, total as u64);
+    assert_eq!(
+        report.project.events_applied,
+        (total - RECENT_EVENTS - 9) as u64
+    );
 }
