@@ -492,31 +492,21 @@ fn apply_env(
 /// `error` with the environment variable as its origin when its message is about a key that
 /// variable set (messages start with the key's path: `fetch.page_size must be ...`).
 fn blame_variable(error: ConfigError, overridden: &[(String, String)]) -> ConfigError {
-    let ConfigError::Invalid {
-        origin,
-        location,
-        message,
-    } = error
-    else {
-        return error;
-    };
-    let names_key = |key: &str| {
-        message
-            .strip_prefix(key)
-            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
-    };
-    match overridden.iter().find(|(key, _)| names_key(key)) {
-        Some((_, variable)) => ConfigError::Invalid {
-            origin: format!("environment variable {variable}"),
-            location: String::new(),
-            message,
-        },
-        None => ConfigError::Invalid {
-            origin,
-            location,
-            message,
-        },
+    if let ConfigError::Invalid { message, .. } = &error {
+        let names_key = |key: &str| {
+            message
+                .strip_prefix(key)
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+        };
+        if let Some((_, variable)) = overridden.iter().find(|(key, _)| names_key(key)) {
+            return ConfigError::Invalid {
+                origin: format!("environment variable {variable}"),
+                location: String::new(),
+                message: message.clone(),
+            };
+        }
     }
+    error
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -598,8 +588,8 @@ mod tests {
             err.starts_with("config environment variable ANSWERFEED_FETCH_TIMEZONE: fetch.timezone: time zone \"Mars/Olympus\""),
             "{err}"
         );
-        let dir_zone = tempfile::tempdir().unwrap();
-        let zone_file = dir_zone.path().join("answerfeed.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let zone_file = dir.path().join("zone.toml");
         std::fs::write(&zone_file, "[fetch]\ntimezone = \"Mars/Olympus\"\n").unwrap();
         let schedule =
             |name: &str| (name == "ANSWERFEED_FETCH_SCHEDULE").then(|| "0 0 * * * *".to_string());
@@ -611,7 +601,6 @@ mod tests {
             "{err}"
         );
         // The file's own bad value, with a variable setting another key: the file is named.
-        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("answerfeed.toml");
         std::fs::write(&path, "[fetch]\nwindow_days = 0\n").unwrap();
         let err = Config::resolve(Some(&path), &zero).unwrap_err().to_string();

@@ -544,7 +544,10 @@ struct RecentAppends {
 
 #[derive(Default)]
 struct Held {
-    appends: std::collections::VecDeque<Written>,
+    /// Each append's first and last seq (checked consecutive when it came), and its events.
+    appends: std::collections::VecDeque<(u64, u64, Written)>,
+    /// Events in `appends`.
+    count: usize,
     /// Events handed over since the views' thread last woke.
     unseen: usize,
     /// No more appends: the views' thread derives what is left and ends.
@@ -572,19 +575,19 @@ impl RecentAppends {
     }
 
     fn push(&self, events: Written) {
-        if spans(&events).is_none() {
+        let Some((first, last)) = spans(&events) else {
             return;
-        }
+        };
         let mut held = self.lock();
         held.unseen += events.len();
         let wake = held.unseen >= WAKE_EVENTS;
-        held.appends.push_back(events);
-        let mut count: usize = held.appends.iter().map(|a| a.len()).sum();
-        while count > RECENT_EVENTS {
-            match held.appends.pop_front() {
-                Some(oldest) => count -= oldest.len(),
-                None => break,
-            }
+        held.count += events.len();
+        held.appends.push_back((first, last, events));
+        while held.count > RECENT_EVENTS {
+            let Some((_, _, oldest)) = held.appends.pop_front() else {
+                break;
+            };
+            held.count -= oldest.len();
         }
         drop(held);
         if wake {
@@ -612,23 +615,21 @@ impl RecentAppends {
     /// The events `from..=upto` (all in the log), in order: the appends held here, the rest
     /// read from the log. Appends that end before `from` are let go.
     fn events(&self, log: &EventLog, from: u64, upto: u64) -> Result<Vec<EventsPart>, LogError> {
-        let held: Vec<Written> = {
-            let appends = &mut self.lock().appends;
-            while appends
-                .front()
-                .and_then(|a| spans(a))
-                .is_some_and(|(_, last)| last < from)
-            {
-                appends.pop_front();
+        let held: Vec<(u64, u64, Written)> = {
+            let mut held = self.lock();
+            while let Some((_, last, _)) = held.appends.front() {
+                if *last >= from {
+                    break;
+                }
+                if let Some((_, _, gone)) = held.appends.pop_front() {
+                    held.count -= gone.len();
+                }
             }
-            appends.iter().cloned().collect()
+            held.appends.iter().cloned().collect()
         };
         let mut parts = Vec::new();
         let mut next = from;
-        for append in held {
-            let Some((first, last)) = spans(&append) else {
-                continue;
-            };
+        for (first, last, append) in held {
             // Held appends are in log order; one past `upto` was made after the head was read.
             if last > upto {
                 break;

@@ -370,9 +370,14 @@ fn the_views_read_from_the_log_only_what_they_were_not_handed() {
     for _ in 0..RECENT_EVENTS {
         recent.push(Arc::new(marked(9..10)));
     }
-    let held: usize = recent.lock().appends.iter().map(|a| a.len()).sum();
+    let held: usize = recent.lock().appends.iter().map(|(_, _, a)| a.len()).sum();
+    assert_eq!(recent.lock().count, held);
     assert_eq!(held, RECENT_EVENTS);
-    assert!(recent.lock().appends.iter().all(|a| a[0].seq == 10));
+    assert!(recent
+        .lock()
+        .appends
+        .iter()
+        .all(|(first, _, _)| *first == 10));
 }
 
 /// Once the diff thread has stopped (a failure), nothing takes from its queue: later appends
