@@ -18,7 +18,7 @@
 //! (the first answer with a text is the one every later copy is flagged against; the map keeps
 //! the digest's top 64 bits and the diff module compares the texts).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Bands of the MinHash signature, each hashed to one bucket.
 pub const BANDS: usize = 32;
@@ -136,8 +136,8 @@ impl LshIndex {
     }
 
     /// Votes per earlier answer (by event seq) sharing a bucket with `buckets`, leaving out
-    /// answers to the question tagged `own`.
-    pub fn candidates(&self, buckets: &Buckets, own: u64) -> BTreeMap<u64, usize> {
+    /// answers to the question tagged `own`: (seq, votes), ascending by seq.
+    pub fn candidates(&self, buckets: &Buckets, own: u64) -> Vec<(u64, usize)> {
         // Each band's lookup is a cache miss or two; taken band by band, each waited for the
         // last. In stages, the 32 directory reads (then the 32 entry searches) are independent
         // and the processor overlaps them.
@@ -151,7 +151,9 @@ impl LshIndex {
         let recent: [std::ops::Range<usize>; BANDS] = std::array::from_fn(|band| {
             self.recent[band].bucket_in(near_recent[band].clone(), buckets[band])
         });
-        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        // One seq per vote, then counted in one sorted pass: boilerplate (holding answers) fills
+        // all 32 buckets to the limit, and a map entry per vote was half of this function.
+        let mut seqs: Vec<u64> = Vec::with_capacity(BANDS * BUCKET_LIMIT);
         for (band, bucket) in buckets.iter().enumerate() {
             let (sorted, sorted_recent) = (&self.sorted[band], &self.recent[band]);
             let (old, recent) = (old[band].clone(), recent[band].clone());
@@ -169,9 +171,17 @@ impl LshIndex {
             for member in members {
                 if let Some(&(seq, tag)) = self.members.get(member as usize) {
                     if tag != own {
-                        *votes.entry(seq).or_default() += 1;
+                        seqs.push(seq);
                     }
                 }
+            }
+        }
+        seqs.sort_unstable();
+        let mut votes: Vec<(u64, usize)> = Vec::new();
+        for seq in seqs {
+            match votes.last_mut() {
+                Some((last, count)) if *last == seq => *count += 1,
+                _ => votes.push((seq, 1)),
             }
         }
         votes
@@ -545,6 +555,7 @@ fn entry_bucket(entry: &[u8], band: usize) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// The first format: one list per (band, bucket) keeping its latest BUCKET_LIMIT members.
     #[derive(Default)]
@@ -553,7 +564,7 @@ mod tests {
     }
 
     impl Reference {
-        fn candidates(&self, buckets: &Buckets, own: u64) -> BTreeMap<u64, usize> {
+        fn candidates(&self, buckets: &Buckets, own: u64) -> Vec<(u64, usize)> {
             let mut votes = BTreeMap::new();
             for (band, bucket) in buckets.iter().enumerate() {
                 for (seq, tag) in self.buckets.get(&(band, *bucket)).into_iter().flatten() {
@@ -562,7 +573,7 @@ mod tests {
                     }
                 }
             }
-            votes
+            votes.into_iter().collect()
         }
         fn insert(&mut self, seq: u64, tag: u64, buckets: &Buckets) {
             for (band, bucket) in buckets.iter().enumerate() {

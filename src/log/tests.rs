@@ -863,3 +863,36 @@ fn a_damaged_compressed_event_is_corrupt_and_named() {
     let bad = log.verify().unwrap().first_bad.unwrap();
     assert_eq!(bad.seq, 1);
 }
+
+#[test]
+fn appends_through_clones_take_consecutive_seqs_from_the_head_they_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let mut other = log.clone();
+    for round in 0..5 {
+        let mine = log
+            .append(vec![answer(&format!("A{round}"), "text a")], NOW)
+            .unwrap();
+        let theirs = other
+            .append(
+                vec![
+                    answer(&format!("B{round}"), "text b"),
+                    answer(&format!("C{round}"), "text c"),
+                ],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(mine.appended(), 1);
+        assert_eq!(theirs.appended(), 2);
+        assert_eq!(log.head().unwrap(), 3 * (round + 1));
+    }
+    // Events removed behind the log's back (as damage would): the next append reads the head.
+    log.remove_events_for_test(15..=15);
+    log.append(vec![answer("D", "text d")], NOW).unwrap();
+    assert!(
+        log.get(15).unwrap().is_some(),
+        "the freed seq is taken again"
+    );
+    assert_eq!(log.head().unwrap(), 15);
+    assert!(log.verify().unwrap().first_bad.is_none());
+}
