@@ -3,8 +3,9 @@
 //! One *cycle* reads every answer in a date range, from the watermark minus an overlap window up
 //! to today, in windows of `window_days`, oldest first. Each window is read twice, by answer date
 //! and by correction date, page by page; records the list endpoint cut short are completed by id
-//! before they are logged; each page's observations are appended (and flushed) before the next
-//! page is requested. The watermark is stored beside the log and advanced only after a window is
+//! before they are logged; each page's observations are appended (and flushed) on a blocking
+//! thread while the next page is requested and decoded, and that append is done before the next
+//! one starts, so pages go into the log in order. The watermark is stored beside the log and advanced only after a window is
 //! complete, so a failed or interrupted cycle resumes where it stopped, and idempotency makes the
 //! re-read free of duplicates.
 //!
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::event::{Observation, Payload, Source};
-use crate::log::{Appended, EventLog, LogError};
+use crate::log::{AppendReport, Appended, EventLog, LogError};
 use crate::parse::api::ApiItem;
 use crate::shutdown::Shutdown;
 
@@ -521,6 +522,40 @@ async fn read_window(
     report: &mut CycleReport,
     bar: &indicatif::ProgressBar,
 ) -> Result<(), FetchError> {
+    let mut in_flight = None;
+    let read = read_sweeps(
+        log,
+        pages,
+        known,
+        client,
+        query,
+        shutdown,
+        report,
+        bar,
+        &mut in_flight,
+    )
+    .await;
+    // However the sweeps ended, the append they started is waited for (nothing may outlive
+    // the cycle's use of the log) and, once in, its page recorded.
+    let finished = finish_append(in_flight.take(), known, pages, report).await;
+    read.and(finished)
+}
+
+/// [`read_window`]'s sweeps. Each page's append runs on a blocking thread (`in_flight`) while
+/// the next page is requested and decoded; it is waited for before the next append, at the end
+/// of a sweep and by the caller.
+#[allow(clippy::too_many_arguments)]
+async fn read_sweeps(
+    log: &mut EventLog,
+    pages: &sled::Tree,
+    known: &mut Known<'_>,
+    client: &ApiClient,
+    query: &ListQuery,
+    shutdown: &Shutdown,
+    report: &mut CycleReport,
+    bar: &indicatif::ProgressBar,
+    in_flight: &mut Option<PageAppend>,
+) -> Result<(), FetchError> {
     // Ids already handled in this window: a re-sweep only pays for requests, not for work.
     let mut done: HashSet<u64> = HashSet::new();
     for sweep in 1..=MAX_SWEEPS {
@@ -569,25 +604,29 @@ async fn read_window(
                 Some(items) => {
                     let records: Vec<Option<[u8; 16]>> =
                         items.iter().map(PageItem::digest).collect();
-                    handle_page(log, client, &url, items, skip, &mut done, report)
-                        .instrument(page_span.clone())
-                        .await?;
-                    // Every record of the page is in the log now: only from here on may it
-                    // spare a later read decoding them.
-                    for (digest, id) in records.iter().zip(&ids) {
-                        if let Some(digest) = digest {
-                            known.here.insert(*digest, *id);
-                        }
-                    }
+                    let observations =
+                        page_observations(client, &url, items, skip, &mut done, report)
+                            .instrument(page_span.clone())
+                            .await?;
+                    // The previous page's append first: the pages go in in order.
+                    finish_append(in_flight.take(), known, pages, report).await?;
                     let summary = PageSummary {
                         digest,
                         total,
                         ids: ids.clone(),
                         records,
                     };
-                    pages
-                        .insert(key, summary.encode())
-                        .map_err(LogError::from)?;
+                    if observations.is_empty() {
+                        record_page(known, pages, key, &summary)?;
+                    } else {
+                        let mut appender = log.appender();
+                        let recorded_at = crate::ingest::now_rfc3339();
+                        let span = page_span.clone();
+                        let task = tokio::task::spawn_blocking(move || {
+                            span.in_scope(|| appender.append(observations, &recorded_at))
+                        });
+                        *in_flight = Some(PageAppend { task, key, summary });
+                    }
                 }
                 None => {
                     // The same bytes as a page whose records are all in the log.
@@ -620,6 +659,8 @@ async fn read_window(
                 count
             };
         }
+        // A new sweep reads the same pages' summaries again.
+        finish_append(in_flight.take(), known, pages, report).await?;
         if stable {
             return Ok(());
         }
@@ -701,15 +742,14 @@ fn count_unchanged(id: Option<u64>, done: &mut HashSet<u64>, report: &mut CycleR
 }
 
 /// Completes cut-short records by id, turns the page into observations and appends them.
-async fn handle_page(
-    log: &mut EventLog,
+async fn page_observations(
     client: &ApiClient,
     url: &url::Url,
     items: Vec<PageItem>,
     skip: u64,
     done: &mut HashSet<u64>,
     report: &mut CycleReport,
-) -> Result<(), FetchError> {
+) -> Result<Vec<Observation>, FetchError> {
     report.records_seen += items.len() as u64;
     let mut pending: Vec<(u32, String, ApiItem)> = Vec::new();
     let mut to_complete: Vec<(usize, u64)> = Vec::new();
@@ -762,15 +802,56 @@ async fn handle_page(
         pending[*slot].1 = record_url.to_string();
         pending[*slot].2 = item;
     }
-    let observations: Vec<Observation> = pending
+    Ok(pending
         .into_iter()
         .map(|(position, uri, item)| observation(uri, position, item))
-        .collect();
-    if observations.is_empty() {
+        .collect())
+}
+
+/// A page's append, on a blocking thread, and what to record once it is in.
+struct PageAppend {
+    task: tokio::task::JoinHandle<Result<AppendReport, LogError>>,
+    key: Vec<u8>,
+    summary: PageSummary,
+}
+
+/// Waits for the page's append (if any), counts it, and records the page.
+async fn finish_append(
+    append: Option<PageAppend>,
+    known: &mut Known<'_>,
+    pages: &sled::Tree,
+    report: &mut CycleReport,
+) -> Result<(), FetchError> {
+    let Some(PageAppend { task, key, summary }) = append else {
         return Ok(());
+    };
+    let appended = task
+        .await
+        .map_err(|e| FetchError::State(format!("the page's append stopped: {e}")))??;
+    count_appended(&appended, report);
+    record_page(known, pages, key, &summary)
+}
+
+/// Once every record of the page is in the log: only from here on may its records spare a
+/// later read decoding them, and the page be skipped whole.
+fn record_page(
+    known: &mut Known<'_>,
+    pages: &sled::Tree,
+    key: Vec<u8>,
+    summary: &PageSummary,
+) -> Result<(), FetchError> {
+    for (digest, id) in summary.records.iter().zip(&summary.ids) {
+        if let Some(digest) = digest {
+            known.here.insert(*digest, *id);
+        }
     }
-    let recorded_at = crate::ingest::now_rfc3339();
-    let appended = log.append(observations, &recorded_at)?;
+    pages
+        .insert(key, summary.encode())
+        .map_err(LogError::from)?;
+    Ok(())
+}
+
+fn count_appended(appended: &AppendReport, report: &mut CycleReport) {
     for outcome in &appended.outcomes {
         match outcome {
             Appended::New { kind, .. } => {
@@ -783,7 +864,6 @@ async fn handle_page(
             Appended::Known { .. } => report.already_known += 1,
         }
     }
-    Ok(())
 }
 
 /// An API item as an observation. `uri` is the page or record URL it came from.

@@ -481,6 +481,28 @@ fn giving_up_leaves_the_watermark_and_the_next_cycle_resumes() {
     assert_eq!(answer_ids(&events(&env)).len(), 10);
 }
 
+/// A page is appended while the next is requested: when that request fails, the page before
+/// it is still in the log, and recorded as read (the next cycle skips it undecoded).
+#[test]
+fn a_page_appended_while_the_next_request_fails_is_kept_and_recorded() {
+    let server = ApiServer::start(fixture("questions.json"));
+    // The first request is served; the second (the next list page) gets a body that is not JSON.
+    server.fail_between_successes(vec![Fault::MalformedBody]);
+    let env = env("");
+    let failed = fetch(&env, &server, &["--since", "2025-01-01"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("malformed page"));
+    let r = report(&failed);
+    assert_eq!(r["pages"], 1, "{r}");
+    // page_size is 3: the first page's three answers went in.
+    assert_eq!(r["appended"], 3, "{r}");
+    assert_eq!(answer_ids(&events(&env)).len(), 3);
+    let again = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(again["appended"], 7, "{again}");
+    assert!(again["pages_unchanged"].as_u64().unwrap() >= 1, "{again}");
+    assert_eq!(answer_ids(&events(&env)).len(), 10);
+}
+
 #[test]
 fn a_malformed_page_fails_the_cycle_without_advancing() {
     let server = ApiServer::start(fixture("questions.json"));
