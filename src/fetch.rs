@@ -522,153 +522,129 @@ async fn read_window(
     report: &mut CycleReport,
     bar: &indicatif::ProgressBar,
 ) -> Result<(), FetchError> {
-    let mut in_flight = None;
-    let read = read_sweeps(
-        log,
-        pages,
-        known,
-        client,
-        query,
-        shutdown,
-        report,
-        bar,
-        &mut in_flight,
-    )
-    .await;
-    // However the sweeps ended, the append they started is waited for (nothing may outlive
-    // the cycle's use of the log) and, once in, its page recorded.
-    let finished = finish_append(in_flight.take(), known, pages, report).await;
-    read.and(finished)
-}
-
-/// [`read_window`]'s sweeps. Each page's append runs on a blocking thread (`in_flight`) while
-/// the next page is requested and decoded; it is waited for before the next append, at the end
-/// of a sweep and by the caller.
-#[allow(clippy::too_many_arguments)]
-async fn read_sweeps(
-    log: &mut EventLog,
-    pages: &sled::Tree,
-    known: &mut Known<'_>,
-    client: &ApiClient,
-    query: &ListQuery,
-    shutdown: &Shutdown,
-    report: &mut CycleReport,
-    bar: &indicatif::ProgressBar,
-    in_flight: &mut Option<PageAppend>,
-) -> Result<(), FetchError> {
-    // Ids already handled in this window: a re-sweep only pays for requests, not for work.
-    let mut done: HashSet<u64> = HashSet::new();
-    for sweep in 1..=MAX_SWEEPS {
-        let mut skip = 0u64;
-        let mut first_total = None;
-        let mut stable = true;
-        let mut previous_last: Option<u64> = None;
-        loop {
-            if shutdown.is_requested() {
-                return Err(FetchError::Interrupted);
-            }
-            let page_span =
-                tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
-            let key = page_key(query, &client.list_url(query, skip));
-            let previous = load_page(pages, &key)?.filter(PageSummary::whole);
-            let (url, digest, page) = client
-                .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
-                .instrument(page_span.clone())
-                .await?;
-            report.pages += 1;
-            let (total, ids, items) = match (page, previous) {
-                (Some(page), _) => {
-                    let total = page.total_results.unwrap_or(0);
-                    let items = triage(known, page.items)?;
-                    let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
-                    (total, ids, Some(items))
+    // Each page's append runs on a blocking thread while the next page is requested and
+    // decoded; it is waited for before the next append, at the end of a sweep, and below,
+    // however the sweeps ended (nothing may outlive the cycle's use of the log).
+    let mut in_flight: Option<PageAppend> = None;
+    let read: Result<(), FetchError> = async {
+        // Ids already handled in this window: a re-sweep only pays for requests, not for work.
+        let mut done: HashSet<u64> = HashSet::new();
+        for sweep in 1..=MAX_SWEEPS {
+            let mut skip = 0u64;
+            let mut first_total = None;
+            let mut stable = true;
+            let mut previous_last: Option<u64> = None;
+            loop {
+                if shutdown.is_requested() {
+                    return Err(FetchError::Interrupted);
                 }
-                (None, Some(previous)) => (previous.total, previous.ids, None),
-                (None, None) => {
-                    return Err(FetchError::State(format!(
-                        "{url}: page skipped without a stored digest"
-                    )))
-                }
-            };
-            if *first_total.get_or_insert(total) != total {
-                stable = false;
-            }
-            if let Some(last) = previous_last {
-                // The overlap record should open this page; anywhere else, the list moved.
-                if ids.first().copied().flatten() != Some(last) {
+                let page_span =
+                    tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
+                let key = page_key(query, &client.list_url(query, skip));
+                let previous = load_page(pages, &key)?.filter(PageSummary::whole);
+                let (url, digest, page) = client
+                    .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
+                    .instrument(page_span.clone())
+                    .await?;
+                report.pages += 1;
+                let (total, ids, items) = match (page, previous) {
+                    (Some(page), _) => {
+                        let total = page.total_results.unwrap_or(0);
+                        let items = triage(known, page.items)?;
+                        let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
+                        (total, ids, Some(items))
+                    }
+                    (None, Some(previous)) => (previous.total, previous.ids, None),
+                    (None, None) => {
+                        return Err(FetchError::State(format!(
+                            "{url}: page skipped without a stored digest"
+                        )))
+                    }
+                };
+                if *first_total.get_or_insert(total) != total {
                     stable = false;
                 }
-            }
-            let count = ids.len() as u64;
-            match items {
-                Some(items) => {
-                    let records: Vec<Option<[u8; 16]>> =
-                        items.iter().map(PageItem::digest).collect();
-                    let observations =
-                        page_observations(client, &url, items, skip, &mut done, report)
-                            .instrument(page_span.clone())
-                            .await?;
-                    // The previous page's append first: the pages go in in order.
-                    finish_append(in_flight.take(), known, pages, report).await?;
-                    let summary = PageSummary {
-                        digest,
-                        total,
-                        ids: ids.clone(),
-                        records,
-                    };
-                    if observations.is_empty() {
-                        record_page(known, pages, key, &summary)?;
-                    } else {
-                        let mut appender = log.appender();
-                        let recorded_at = crate::ingest::now_rfc3339();
-                        let span = page_span.clone();
-                        let task = tokio::task::spawn_blocking(move || {
-                            span.in_scope(|| appender.append(observations, &recorded_at))
-                        });
-                        *in_flight = Some(PageAppend { task, key, summary });
+                if let Some(last) = previous_last {
+                    // The overlap record should open this page; anywhere else, the list moved.
+                    if ids.first().copied().flatten() != Some(last) {
+                        stable = false;
                     }
                 }
-                None => {
-                    // The same bytes as a page whose records are all in the log.
-                    report.pages_unchanged += 1;
-                    report.records_seen += count;
-                    for id in &ids {
-                        count_unchanged(*id, &mut done, report);
+                let count = ids.len() as u64;
+                match items {
+                    Some(items) => {
+                        let records: Vec<Option<[u8; 16]>> =
+                            items.iter().map(PageItem::digest).collect();
+                        let observations =
+                            page_observations(client, &url, items, skip, &mut done, report)
+                                .instrument(page_span.clone())
+                                .await?;
+                        // The previous page's append first: the pages go in in order.
+                        finish_append(in_flight.take(), known, pages, report).await?;
+                        let summary = PageSummary {
+                            digest,
+                            total,
+                            ids: ids.clone(),
+                            records,
+                        };
+                        if observations.is_empty() {
+                            record_page(known, pages, key, &summary)?;
+                        } else {
+                            let mut appender = log.appender();
+                            let recorded_at = crate::ingest::now_rfc3339();
+                            let span = page_span.clone();
+                            let task = tokio::task::spawn_blocking(move || {
+                                span.in_scope(|| appender.append(observations, &recorded_at))
+                            });
+                            in_flight = Some(PageAppend { task, key, summary });
+                        }
+                    }
+                    None => {
+                        // The same bytes as a page whose records are all in the log.
+                        report.pages_unchanged += 1;
+                        report.records_seen += count;
+                        for id in &ids {
+                            count_unchanged(*id, &mut done, report);
+                        }
                     }
                 }
+                bar.set_message(format!(
+                    "{} {}..{}: {} pages, {} appended",
+                    query.field.name(),
+                    query.from,
+                    query.to,
+                    report.pages,
+                    report.appended
+                ));
+                page_span.in_scope(|| {
+                    tracing::info!(url = %url, records = count, total, appended = report.appended, "page")
+                });
+                if count == 0 || skip + count >= total {
+                    break;
+                }
+                previous_last = ids.last().copied().flatten();
+                // Step back one so each page starts with the previous page's last record.
+                skip += if count > 1 && previous_last.is_some() {
+                    count - 1
+                } else {
+                    count
+                };
             }
-            bar.set_message(format!(
-                "{} {}..{}: {} pages, {} appended",
-                query.field.name(),
-                query.from,
-                query.to,
-                report.pages,
-                report.appended
-            ));
-            page_span.in_scope(|| {
-                tracing::info!(url = %url, records = count, total, appended = report.appended, "page")
-            });
-            if count == 0 || skip + count >= total {
-                break;
+            // A new sweep reads the same pages' summaries again.
+            finish_append(in_flight.take(), known, pages, report).await?;
+            if stable {
+                return Ok(());
             }
-            previous_last = ids.last().copied().flatten();
-            // Step back one so each page starts with the previous page's last record.
-            skip += if count > 1 && previous_last.is_some() {
-                count - 1
-            } else {
-                count
-            };
+            report.sweeps_repeated += 1;
+            tracing::info!(field = query.field.name(), from = %query.from, to = %query.to, sweep, "the list changed while paging; reading the window again");
         }
-        // A new sweep reads the same pages' summaries again.
-        finish_append(in_flight.take(), known, pages, report).await?;
-        if stable {
-            return Ok(());
-        }
-        report.sweeps_repeated += 1;
-        tracing::info!(field = query.field.name(), from = %query.from, to = %query.to, sweep, "the list changed while paging; reading the window again");
+        tracing::warn!(field = query.field.name(), from = %query.from, to = %query.to, "the list kept changing; the next cycle's overlap will read this window again");
+        Ok(())
     }
-    tracing::warn!(field = query.field.name(), from = %query.from, to = %query.to, "the list kept changing; the next cycle's overlap will read this window again");
-    Ok(())
+    .await;
+    // Once in, the last page is recorded even when a later request failed.
+    let finished = finish_append(in_flight.take(), known, pages, report).await;
+    read.and(finished)
 }
 
 /// A record of a page: seen byte for byte before (not decoded), or decoded.
