@@ -747,10 +747,15 @@ impl Groups {
     /// to its question is found to be a duplicate, so unless this one was, it has none. Later
     /// answers that duplicate it then need not look.
     fn first_answer(&mut self, question: &QuestionKey) {
-        if self.known.len() + 1 > KNOWN_GROUPS {
+        // Known already: it was just found a duplicate (its group is what `join` wrote), or
+        // seen before. Checked before any clearing, which would forget that group.
+        if self.known.contains_key(question) {
+            return;
+        }
+        if self.known.len() >= KNOWN_GROUPS {
             self.known.clear();
         }
-        self.known.entry(question.clone()).or_insert(None);
+        self.known.insert(question.clone(), None);
     }
 }
 
@@ -1113,6 +1118,29 @@ mod tests {
             assert_eq!(groups.join(&mut state, &q("F"), &q("E")).unwrap(), q("E"));
             assert_eq!(state.get_json::<QuestionKey>(b"g/D").unwrap(), Some(q("A")));
         }
+    }
+
+    /// A first answer that was a duplicate, joined when the cache is full to the bound: the
+    /// group it joined stays known (a review found `first_answer` clearing the cache after
+    /// `join` and recording no group).
+    #[test]
+    fn a_full_group_cache_keeps_the_group_a_first_answer_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("diff").unwrap();
+        let q = |name: String| QuestionKey(name);
+        let mut groups = Groups::default();
+        for n in 0..KNOWN_GROUPS - 2 {
+            groups.first_answer(&q(format!("old {n}")));
+        }
+        let mut state = Overlay::new(&tree);
+        let (question, of) = (q("new".into()), q("earlier".into()));
+        assert_eq!(groups.join(&mut state, &question, &of).unwrap(), of);
+        assert_eq!(groups.known.len(), KNOWN_GROUPS);
+        groups.first_answer(&question);
+        assert_eq!(groups.known.get(&question), Some(&Some(of.clone())));
+        let later = q("later".into());
+        assert_eq!(groups.join(&mut state, &later, &question).unwrap(), of);
     }
 
     #[test]

@@ -642,9 +642,11 @@ async fn read_window(
         Ok(())
     }
     .await;
-    // Once in, the last page is recorded even when a later request failed.
+    // Once in, the last page is recorded even when a later request failed. A failed append
+    // is the error reported: it came first in the log's order, and it is what a caller treats
+    // as fatal (the daemon stops on a log error, not on a request that gave up).
     let finished = finish_append(in_flight.take(), known, pages, report).await;
-    read.and(finished)
+    finished.and(read)
 }
 
 /// A record of a page: seen byte for byte before (not decoded), or decoded.

@@ -503,6 +503,30 @@ fn a_page_appended_while_the_next_request_fails_is_kept_and_recorded() {
     assert_eq!(answer_ids(&events(&env)).len(), 10);
 }
 
+/// A page's append that fails while the next page's request fails too: the append's error is
+/// the one reported (it came first, and a log error is what stops a daemon).
+#[test]
+fn an_append_that_fails_beside_a_failed_request_is_the_error_reported() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.fail_between_successes(vec![Fault::MalformedBody]);
+    let env = env("");
+    let base = server.base_url();
+    // More free space required than any disk has: every append is refused, nothing written.
+    let out = bin(&env)
+        .env("ANSWERFEED_STORE_MIN_FREE_MB", "1048576")
+        .args(["fetch", "--once", "--json", "--base-url", base.as_str()])
+        .args(["--since", "2025-01-01", "--until", "2025-03-31"])
+        .output()
+        .expect("the binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("not enough free space"), "{stderr}");
+    assert_eq!(report(&out)["appended"], 0);
+    assert!(events(&env).is_empty());
+}
+
 #[test]
 fn a_malformed_page_fails_the_cycle_without_advancing() {
     let server = ApiServer::start(fixture("questions.json"));
