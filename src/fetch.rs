@@ -3,9 +3,8 @@
 //! One *cycle* reads every answer in a date range, from the watermark minus an overlap window up
 //! to today, in windows of `window_days`, oldest first. Each window is read twice, by answer date
 //! and by correction date, page by page; records the list endpoint cut short are completed by id
-//! before they are logged; each page's observations are appended (and flushed) on a blocking
-//! thread while the next page is requested and decoded, and that append is done before the next
-//! one starts, so pages go into the log in order. The watermark is stored beside the log and advanced only after a window is
+//! before they are logged; each page's observations are appended (and flushed) before the next
+//! page is requested. The watermark is stored beside the log and advanced only after a window is
 //! complete, so a failed or interrupted cycle resumes where it stopped, and idempotency makes the
 //! re-read free of duplicates.
 //!
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::event::{Observation, Payload, Source};
-use crate::log::{AppendReport, Appended, EventLog, LogError};
+use crate::log::{Appended, EventLog, LogError};
 use crate::parse::api::ApiItem;
 use crate::shutdown::Shutdown;
 
@@ -522,131 +521,113 @@ async fn read_window(
     report: &mut CycleReport,
     bar: &indicatif::ProgressBar,
 ) -> Result<(), FetchError> {
-    // Each page's append runs on a blocking thread while the next page is requested and
-    // decoded; it is waited for before the next append, at the end of a sweep, and below,
-    // however the sweeps ended (nothing may outlive the cycle's use of the log).
-    let mut in_flight: Option<PageAppend> = None;
-    let read: Result<(), FetchError> = async {
-        // Ids already handled in this window: a re-sweep only pays for requests, not for work.
-        let mut done: HashSet<u64> = HashSet::new();
-        for sweep in 1..=MAX_SWEEPS {
-            let mut skip = 0u64;
-            let mut first_total = None;
-            let mut stable = true;
-            let mut previous_last: Option<u64> = None;
-            loop {
-                if shutdown.is_requested() {
-                    return Err(FetchError::Interrupted);
+    // Ids already handled in this window: a re-sweep only pays for requests, not for work.
+    let mut done: HashSet<u64> = HashSet::new();
+    for sweep in 1..=MAX_SWEEPS {
+        let mut skip = 0u64;
+        let mut first_total = None;
+        let mut stable = true;
+        let mut previous_last: Option<u64> = None;
+        loop {
+            if shutdown.is_requested() {
+                return Err(FetchError::Interrupted);
+            }
+            let page_span =
+                tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
+            let key = page_key(query, &client.list_url(query, skip));
+            let previous = load_page(pages, &key)?.filter(PageSummary::whole);
+            let (url, digest, page) = client
+                .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
+                .instrument(page_span.clone())
+                .await?;
+            report.pages += 1;
+            let (total, ids, items) = match (page, previous) {
+                (Some(page), _) => {
+                    let total = page.total_results.unwrap_or(0);
+                    let items = triage(known, page.items)?;
+                    let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
+                    (total, ids, Some(items))
                 }
-                let page_span =
-                    tracing::info_span!("page", field = query.field.name(), from = %query.from, skip);
-                let key = page_key(query, &client.list_url(query, skip));
-                let previous = load_page(pages, &key)?.filter(PageSummary::whole);
-                let (url, digest, page) = client
-                    .list_page(query, skip, previous.as_ref().map(|p| &p.digest))
-                    .instrument(page_span.clone())
-                    .await?;
-                report.pages += 1;
-                let (total, ids, items) = match (page, previous) {
-                    (Some(page), _) => {
-                        let total = page.total_results.unwrap_or(0);
-                        let items = triage(known, page.items)?;
-                        let ids: Vec<Option<u64>> = items.iter().map(PageItem::id).collect();
-                        (total, ids, Some(items))
-                    }
-                    (None, Some(previous)) => (previous.total, previous.ids, None),
-                    (None, None) => {
-                        return Err(FetchError::State(format!(
-                            "{url}: page skipped without a stored digest"
-                        )))
-                    }
-                };
-                if *first_total.get_or_insert(total) != total {
+                (None, Some(previous)) => (previous.total, previous.ids, None),
+                (None, None) => {
+                    return Err(FetchError::State(format!(
+                        "{url}: page skipped without a stored digest"
+                    )))
+                }
+            };
+            if *first_total.get_or_insert(total) != total {
+                stable = false;
+            }
+            if let Some(last) = previous_last {
+                // The overlap record should open this page; anywhere else, the list moved.
+                if ids.first().copied().flatten() != Some(last) {
                     stable = false;
                 }
-                if let Some(last) = previous_last {
-                    // The overlap record should open this page; anywhere else, the list moved.
-                    if ids.first().copied().flatten() != Some(last) {
-                        stable = false;
-                    }
-                }
-                let count = ids.len() as u64;
-                match items {
-                    Some(items) => {
-                        let records: Vec<Option<[u8; 16]>> =
-                            items.iter().map(PageItem::digest).collect();
-                        let observations =
-                            page_observations(client, &url, items, skip, &mut done, report)
-                                .instrument(page_span.clone())
-                                .await?;
-                        // The previous page's append first: the pages go in in order.
-                        finish_append(in_flight.take(), known, pages, report).await?;
-                        let summary = PageSummary {
-                            digest,
-                            total,
-                            ids: ids.clone(),
-                            records,
-                        };
-                        if observations.is_empty() {
-                            record_page(known, pages, key, &summary)?;
-                        } else {
-                            let mut appender = log.appender();
-                            let recorded_at = crate::ingest::now_rfc3339();
-                            let span = page_span.clone();
-                            let task = tokio::task::spawn_blocking(move || {
-                                span.in_scope(|| appender.append(observations, &recorded_at))
-                            });
-                            in_flight = Some(PageAppend { task, key, summary });
+            }
+            let count = ids.len() as u64;
+            match items {
+                Some(items) => {
+                    let records: Vec<Option<[u8; 16]>> =
+                        items.iter().map(PageItem::digest).collect();
+                    handle_page(log, client, &url, items, skip, &mut done, report)
+                        .instrument(page_span.clone())
+                        .await?;
+                    // Every record of the page is in the log now: only from here on may it
+                    // spare a later read decoding them.
+                    for (digest, id) in records.iter().zip(&ids) {
+                        if let Some(digest) = digest {
+                            known.here.insert(*digest, *id);
                         }
                     }
-                    None => {
-                        // The same bytes as a page whose records are all in the log.
-                        report.pages_unchanged += 1;
-                        report.records_seen += count;
-                        for id in &ids {
-                            count_unchanged(*id, &mut done, report);
-                        }
+                    let summary = PageSummary {
+                        digest,
+                        total,
+                        ids: ids.clone(),
+                        records,
+                    };
+                    pages
+                        .insert(key, summary.encode())
+                        .map_err(LogError::from)?;
+                }
+                None => {
+                    // The same bytes as a page whose records are all in the log.
+                    report.pages_unchanged += 1;
+                    report.records_seen += count;
+                    for id in &ids {
+                        count_unchanged(*id, &mut done, report);
                     }
                 }
-                bar.set_message(format!(
-                    "{} {}..{}: {} pages, {} appended",
-                    query.field.name(),
-                    query.from,
-                    query.to,
-                    report.pages,
-                    report.appended
-                ));
-                page_span.in_scope(|| {
-                    tracing::info!(url = %url, records = count, total, appended = report.appended, "page")
-                });
-                if count == 0 || skip + count >= total {
-                    break;
-                }
-                previous_last = ids.last().copied().flatten();
-                // Step back one so each page starts with the previous page's last record.
-                skip += if count > 1 && previous_last.is_some() {
-                    count - 1
-                } else {
-                    count
-                };
             }
-            // A new sweep reads the same pages' summaries again.
-            finish_append(in_flight.take(), known, pages, report).await?;
-            if stable {
-                return Ok(());
+            bar.set_message(format!(
+                "{} {}..{}: {} pages, {} appended",
+                query.field.name(),
+                query.from,
+                query.to,
+                report.pages,
+                report.appended
+            ));
+            page_span.in_scope(|| {
+                tracing::info!(url = %url, records = count, total, appended = report.appended, "page")
+            });
+            if count == 0 || skip + count >= total {
+                break;
             }
-            report.sweeps_repeated += 1;
-            tracing::info!(field = query.field.name(), from = %query.from, to = %query.to, sweep, "the list changed while paging; reading the window again");
+            previous_last = ids.last().copied().flatten();
+            // Step back one so each page starts with the previous page's last record.
+            skip += if count > 1 && previous_last.is_some() {
+                count - 1
+            } else {
+                count
+            };
         }
-        tracing::warn!(field = query.field.name(), from = %query.from, to = %query.to, "the list kept changing; the next cycle's overlap will read this window again");
-        Ok(())
+        if stable {
+            return Ok(());
+        }
+        report.sweeps_repeated += 1;
+        tracing::info!(field = query.field.name(), from = %query.from, to = %query.to, sweep, "the list changed while paging; reading the window again");
     }
-    .await;
-    // Once in, the last page is recorded even when a later request failed. A failed append
-    // is the error reported: it came first in the log's order, and it is what a caller treats
-    // as fatal (the daemon stops on a log error, not on a request that gave up).
-    let finished = finish_append(in_flight.take(), known, pages, report).await;
-    finished.and(read)
+    tracing::warn!(field = query.field.name(), from = %query.from, to = %query.to, "the list kept changing; the next cycle's overlap will read this window again");
+    Ok(())
 }
 
 /// A record of a page: seen byte for byte before (not decoded), or decoded.
@@ -720,14 +701,15 @@ fn count_unchanged(id: Option<u64>, done: &mut HashSet<u64>, report: &mut CycleR
 }
 
 /// Completes cut-short records by id, turns the page into observations and appends them.
-async fn page_observations(
+async fn handle_page(
+    log: &mut EventLog,
     client: &ApiClient,
     url: &url::Url,
     items: Vec<PageItem>,
     skip: u64,
     done: &mut HashSet<u64>,
     report: &mut CycleReport,
-) -> Result<Vec<Observation>, FetchError> {
+) -> Result<(), FetchError> {
     report.records_seen += items.len() as u64;
     let mut pending: Vec<(u32, String, ApiItem)> = Vec::new();
     let mut to_complete: Vec<(usize, u64)> = Vec::new();
@@ -780,56 +762,15 @@ async fn page_observations(
         pending[*slot].1 = record_url.to_string();
         pending[*slot].2 = item;
     }
-    Ok(pending
+    let observations: Vec<Observation> = pending
         .into_iter()
         .map(|(position, uri, item)| observation(uri, position, item))
-        .collect())
-}
-
-/// A page's append, on a blocking thread, and what to record once it is in.
-struct PageAppend {
-    task: tokio::task::JoinHandle<Result<AppendReport, LogError>>,
-    key: Vec<u8>,
-    summary: PageSummary,
-}
-
-/// Waits for the page's append (if any), counts it, and records the page.
-async fn finish_append(
-    append: Option<PageAppend>,
-    known: &mut Known<'_>,
-    pages: &sled::Tree,
-    report: &mut CycleReport,
-) -> Result<(), FetchError> {
-    let Some(PageAppend { task, key, summary }) = append else {
+        .collect();
+    if observations.is_empty() {
         return Ok(());
-    };
-    let appended = task
-        .await
-        .map_err(|e| FetchError::State(format!("the page's append stopped: {e}")))??;
-    count_appended(&appended, report);
-    record_page(known, pages, key, &summary)
-}
-
-/// Once every record of the page is in the log: only from here on may its records spare a
-/// later read decoding them, and the page be skipped whole.
-fn record_page(
-    known: &mut Known<'_>,
-    pages: &sled::Tree,
-    key: Vec<u8>,
-    summary: &PageSummary,
-) -> Result<(), FetchError> {
-    for (digest, id) in summary.records.iter().zip(&summary.ids) {
-        if let Some(digest) = digest {
-            known.here.insert(*digest, *id);
-        }
     }
-    pages
-        .insert(key, summary.encode())
-        .map_err(LogError::from)?;
-    Ok(())
-}
-
-fn count_appended(appended: &AppendReport, report: &mut CycleReport) {
+    let recorded_at = crate::ingest::now_rfc3339();
+    let appended = log.append(observations, &recorded_at)?;
     for outcome in &appended.outcomes {
         match outcome {
             Appended::New { kind, .. } => {
@@ -842,6 +783,7 @@ fn count_appended(appended: &AppendReport, report: &mut CycleReport) {
             Appended::Known { .. } => report.already_known += 1,
         }
     }
+    Ok(())
 }
 
 /// An API item as an observation. `uri` is the page or record URL it came from.

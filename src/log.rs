@@ -400,15 +400,6 @@ impl EventLog {
         Ok(())
     }
 
-    /// A handle that appends as this one does, its gate included, so that another thread can
-    /// append on this one's behalf (the fetcher appends a page while it reads the next). This
-    /// handle must not append until that one is done, or the two would pass the gate each.
-    pub fn appender(&self) -> EventLog {
-        let mut appender = self.clone();
-        appender.gate = self.gate.clone();
-        appender
-    }
-
     /// Sets (or, with `None`, removes) this handle's [`AppendGate`].
     pub fn set_gate(&mut self, gate: Option<Arc<dyn AppendGate>>) {
         self.gate = gate;

@@ -481,10 +481,10 @@ fn giving_up_leaves_the_watermark_and_the_next_cycle_resumes() {
     assert_eq!(answer_ids(&events(&env)).len(), 10);
 }
 
-/// A page is appended while the next is requested: when that request fails, the page before
-/// it is still in the log, and recorded as read (the next cycle skips it undecoded).
+/// When a page's request fails, the page before it is in the log and recorded as read (the next
+/// cycle skips it undecoded).
 #[test]
-fn a_page_appended_while_the_next_request_fails_is_kept_and_recorded() {
+fn the_page_before_a_failed_request_is_kept_and_recorded() {
     let server = ApiServer::start(fixture("questions.json"));
     // The first request is served; the second (the next list page) gets a body that is not JSON.
     server.fail_between_successes(vec![Fault::MalformedBody]);
@@ -503,10 +503,10 @@ fn a_page_appended_while_the_next_request_fails_is_kept_and_recorded() {
     assert_eq!(answer_ids(&events(&env)).len(), 10);
 }
 
-/// A page's append that fails while the next page's request fails too: the append's error is
-/// the one reported (it came first, and a log error is what stops a daemon).
+/// A refused append is the one error reported, and the cycle stops there: the next page is not
+/// requested (a log error is what stops a daemon; a page's request failing is not).
 #[test]
-fn an_append_that_fails_beside_a_failed_request_is_the_error_reported() {
+fn a_refused_append_stops_the_cycle_before_the_next_request() {
     let server = ApiServer::start(fixture("questions.json"));
     server.fail_between_successes(vec![Fault::MalformedBody]);
     let env = env("");
@@ -525,6 +525,7 @@ fn an_append_that_fails_beside_a_failed_request_is_the_error_reported() {
     assert!(errors[0].contains("not enough free space"), "{stderr}");
     assert_eq!(report(&out)["appended"], 0);
     assert!(events(&env).is_empty());
+    assert_eq!(server.pending_faults(), 1, "the second page was requested");
 }
 
 #[test]
