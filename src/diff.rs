@@ -735,11 +735,8 @@ impl Groups {
         };
         let group = of_group.clone().unwrap_or_else(|| of.clone());
         state.put_json(group_key(question), &group);
-        if self.known.len() + 2 > KNOWN_GROUPS {
-            self.known.clear();
-        }
-        self.known.insert(of.clone(), of_group);
-        self.known.insert(question.clone(), Some(group.clone()));
+        self.remember(of, of_group);
+        self.remember(question, Some(group.clone()));
         Ok(group)
     }
 
@@ -749,13 +746,17 @@ impl Groups {
     fn first_answer(&mut self, question: &QuestionKey) {
         // Known already: it was just found a duplicate (its group is what `join` wrote), or
         // seen before. Checked before any clearing, which would forget that group.
-        if self.known.contains_key(question) {
-            return;
+        if !self.known.contains_key(question) {
+            self.remember(question, None);
         }
-        if self.known.len() >= KNOWN_GROUPS {
+    }
+
+    /// Records a question's group, starting again when the bound is reached.
+    fn remember(&mut self, question: &QuestionKey, group: Option<QuestionKey>) {
+        if self.known.len() >= KNOWN_GROUPS && !self.known.contains_key(question) {
             self.known.clear();
         }
-        self.known.insert(question.clone(), None);
+        self.known.insert(question.clone(), group);
     }
 }
 
@@ -855,34 +856,18 @@ fn duplicates(
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let mut best: Option<(f64, SeenAnswer)> = None;
     for (other_seq, _) in candidates.into_iter().take(settings.max_candidates) {
-        let read;
-        let (other_question, other_text) = match recent.get(other_seq) {
-            Some(latest) => latest,
-            None => {
-                let Some(other) = log.get(other_seq)? else {
-                    continue;
-                };
-                let (Some(other_question), Some(other_record)) =
-                    (other.event.question(), other.event.record())
-                else {
-                    continue;
-                };
-                read = (
-                    other_question.clone(),
-                    normalise_text(&other_record.answer.plain_text()).to_lowercase(),
-                );
-                (&read.0, read.1.as_str())
-            }
+        let Some((other_question, other_text)) = indexed_answer(log, recent, other_seq)? else {
+            continue;
         };
-        if other_question == question {
+        if other_question == *question {
             continue;
         }
-        let ratio = similarity(other_text, normalised);
+        let ratio = similarity(&other_text, normalised);
         if ratio >= settings.near_duplicate_ratio && best.as_ref().is_none_or(|(r, _)| ratio > *r) {
             best = Some((
                 ratio,
                 SeenAnswer {
-                    question: other_question.clone(),
+                    question: other_question,
                     seq: other_seq,
                 },
             ));
@@ -908,32 +893,41 @@ fn exact_duplicate_of(
     let Some((first_seq, first_tag)) = index.exact(digest) else {
         return Ok(None);
     };
-    if let Some((first_question, first_text)) = recent.get(first_seq) {
-        let first = SeenAnswer {
-            question: first_question.clone(),
-            seq: first_seq,
-        };
-        return Ok((first_text == normalised).then_some((first, first_tag)));
-    }
-    let not_an_answer = || {
-        DiffError::State(format!(
+    let Some((first_question, first_text)) = indexed_answer(log, recent, first_seq)? else {
+        return Err(DiffError::State(format!(
             "the near-duplicate index names event {first_seq}, which is not an answer"
-        ))
+        )));
     };
-    let first_event = log.get(first_seq)?.ok_or_else(not_an_answer)?;
-    let (Some(first_question), Some(first_record)) =
-        (first_event.event.question(), first_event.event.record())
-    else {
-        return Err(not_an_answer());
-    };
-    if normalise_text(&first_record.answer.plain_text()).to_lowercase() != normalised {
+    if first_text != normalised {
         return Ok(None);
     }
     let first = SeenAnswer {
-        question: first_question.clone(),
+        question: first_question,
         seq: first_seq,
     };
     Ok(Some((first, first_tag)))
+}
+
+/// The question and normalised text of the answer at `seq`, which the near-duplicate index
+/// named: from the latest texts when held there, else read from the log (`None` when the event
+/// is missing or not an answer).
+fn indexed_answer<'r>(
+    log: &EventLog,
+    recent: &'r RecentTexts,
+    seq: u64,
+) -> Result<Option<(QuestionKey, std::borrow::Cow<'r, str>)>, DiffError> {
+    if let Some((question, text)) = recent.get(seq) {
+        return Ok(Some((question.clone(), text.into())));
+    }
+    let Some(envelope) = log.get(seq)? else {
+        return Ok(None);
+    };
+    let (Some(question), Some(record)) = (envelope.event.question(), envelope.event.record())
+    else {
+        return Ok(None);
+    };
+    let text = normalise_text(&record.answer.plain_text()).to_lowercase();
+    Ok(Some((question.clone(), text.into())))
 }
 
 /// Each band of the signature hashed to a bucket (32 bits: a rare false collision only adds a

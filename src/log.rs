@@ -492,12 +492,8 @@ impl EventLog {
         recorded_at: &str,
         written: Option<&mut Vec<Envelope>>,
     ) -> Result<AppendReport, LogError> {
-        // A panic elsewhere while holding the mutex leaves nothing half-done here (the batch is
-        // applied atomically or not at all), so a poisoned mutex is still usable.
         let writer = Arc::clone(&self.writer);
-        let mut writing = writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut writing = lock_writer(&writer);
         let head = match *writing {
             Some(head) => head,
             None => self.head()?,
@@ -619,10 +615,7 @@ impl EventLog {
     /// Removes events, as damage would (for tests of what reads a damaged log).
     #[cfg(test)]
     pub(crate) fn remove_events_for_test(&self, seqs: std::ops::RangeInclusive<u64>) {
-        *self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *lock_writer(&self.writer) = None;
         for seq in seqs {
             self.tree.remove(event_key(seq)).unwrap();
         }
@@ -850,9 +843,7 @@ impl EventLog {
     pub fn copy_events_from(&mut self, source: &EventLog, upto: u64) -> Result<u64, LogError> {
         // Held throughout: no append between, and the next one reads the head the copy left.
         let writer = Arc::clone(&self.writer);
-        let mut writing = writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut writing = lock_writer(&writer);
         *writing = None;
         if self.head()? != 0 {
             return Err(LogError::Corrupt {
@@ -1076,6 +1067,15 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// the data dir, but sled's lock on its own file can outlive a handle this process has just
 /// dropped, for as long as sled's IO threads finish with it (sled's own tests block on that
 /// lock for the same reason); a reopen at that moment would fail for nothing.
+/// The writer mutex, held. A panic elsewhere while holding it leaves nothing half-done (a batch
+/// is applied atomically or not at all, and the head it holds was unset before), so a poisoned
+/// mutex is still usable.
+fn lock_writer(writer: &std::sync::Mutex<Option<u64>>) -> std::sync::MutexGuard<'_, Option<u64>> {
+    writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {

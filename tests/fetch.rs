@@ -78,6 +78,13 @@ fn run(env: &Env, args: &[&str]) -> Output {
 }
 
 fn fetch(env: &Env, server: &ApiServer, extra: &[&str]) -> Output {
+    fetch_command(env, server, extra)
+        .output()
+        .expect("the binary runs")
+}
+
+/// The command [`fetch`] runs, for a test to add to (an environment variable).
+fn fetch_command(env: &Env, server: &ApiServer, extra: &[&str]) -> Command {
     let base = server.base_url();
     let mut args = vec!["fetch", "--once", "--json", "--base-url", base.as_str()];
     // The fixtures end in March 2025; cycles end there unless a test says otherwise.
@@ -85,7 +92,9 @@ fn fetch(env: &Env, server: &ApiServer, extra: &[&str]) -> Output {
         args.extend_from_slice(&["--until", "2025-03-31"]);
     }
     args.extend_from_slice(extra);
-    run(env, &args)
+    let mut cmd = bin(env);
+    cmd.args(&args);
+    cmd
 }
 
 fn report(o: &Output) -> Value {
@@ -510,12 +519,9 @@ fn a_refused_append_stops_the_cycle_before_the_next_request() {
     let server = ApiServer::start(fixture("questions.json"));
     server.fail_between_successes(vec![Fault::MalformedBody]);
     let env = env("");
-    let base = server.base_url();
     // More free space required than any disk has: every append is refused, nothing written.
-    let out = bin(&env)
+    let out = fetch_command(&env, &server, &["--since", "2025-01-01"])
         .env("ANSWERFEED_STORE_MIN_FREE_MB", "1048576")
-        .args(["fetch", "--once", "--json", "--base-url", base.as_str()])
-        .args(["--since", "2025-01-01", "--until", "2025-03-31"])
         .output()
         .expect("the binary runs");
     assert_eq!(out.status.code(), Some(1));
