@@ -25,6 +25,9 @@ use std::sync::Arc;
 
 use crate::event::{Envelope, Event, Observation, Payload, QuestionKey, SCHEMA_VERSION};
 
+mod segments;
+use segments::{batch_key, push_record, BatchEntry, Segments, SEGMENT_BYTES};
+
 const EVENT_PREFIX: u8 = b'E';
 const IDENTITY_PREFIX: u8 = b'I';
 const QUESTION_PREFIX: u8 = b'Q';
@@ -75,6 +78,8 @@ pub enum LogError {
     },
     #[error("event {seq} is corrupt: {problem}")]
     Corrupt { seq: u64, problem: String },
+    #[error("event {seq} is {bytes} bytes stored, more than a log record can hold (4 GiB)")]
+    TooLarge { seq: u64, bytes: usize },
     #[error("cannot encode event {seq}: {source}")]
     Encode {
         seq: u64,
@@ -126,9 +131,12 @@ fn open_problem(error: &sled::Error) -> String {
     }
 }
 
-/// How many bytes sled writes to disk, at most, per byte of keys and values appended: it logs each
-/// value, then rewrites the tree pages that hold it (measured with batches of 1,000 answers of
-/// 1 to 14 KB: 2.7 to 4.4 times).
+/// How many bytes an append may cost on disk, at most, per byte it appends (records and index
+/// entries). Measured with batches of 1,000 answers of 1 to 14 KB when the events were in sled,
+/// which logs each value and then rewrites the pages that hold it: 2.7 to 4.4 times. The records
+/// now go to segment files once, but the views, flags and indexes derived from them still go to
+/// sled after them, and sled must never meet a full disk: the reserve stays what it was (a
+/// disk-full test found sled failing its writes on a full tmpfs with records counted once).
 const WRITE_AMPLIFICATION: u64 = 6;
 
 /// The outcome of appending one observation.
@@ -246,8 +254,21 @@ pub struct EventLog {
     /// appends (the lock file) and only under this mutex: reading the head from the tree took a
     /// shared sled lock, which waited while any other thread applied a batch (1.1 s of the
     /// fetching thread's time in a 200,000-answer backfill).
-    writer: Arc<std::sync::Mutex<Option<u64>>>,
+    writer: Arc<std::sync::Mutex<Option<Tail>>>,
     gate: Option<Arc<dyn AppendGate>>,
+    /// The files the events are stored in (see `segments`).
+    segments: Arc<Segments>,
+    /// The last event stored in the tree (`E` keys), as data dirs before the segment files
+    /// stored every event; 0 for a log begun since. Those keys are never written again.
+    tree_head: u64,
+}
+
+/// Where the log ends: its head, and the end of the last committed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tail {
+    head: u64,
+    segment: u32,
+    end: u64,
 }
 
 impl Clone for EventLog {
@@ -261,6 +282,8 @@ impl Clone for EventLog {
             poisoned: Arc::clone(&self.poisoned),
             _lock: Arc::clone(&self._lock),
             writer: Arc::clone(&self.writer),
+            segments: Arc::clone(&self.segments),
+            tree_head: self.tree_head,
             // The gate orders this handle's appends against another thread's; that thread
             // appends through a clone, which must not wait for itself.
             gate: None,
@@ -318,6 +341,16 @@ impl EventLog {
             error,
         })?;
         let tree = db.open_tree(TREE)?;
+        let tree_head = match tree.range(event_key(0)..=event_key(u64::MAX)).next_back() {
+            None => 0,
+            Some(entry) => {
+                let (key, _) = entry?;
+                decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                    seq: 0,
+                    problem: format!("malformed event key {key:?}"),
+                })?
+            }
+        };
         let log = EventLog {
             dir: dir.to_path_buf(),
             db,
@@ -328,6 +361,8 @@ impl EventLog {
             _lock: lock,
             writer: Arc::new(std::sync::Mutex::new(None)),
             gate: None,
+            segments: Arc::new(Segments::new(dir)),
+            tree_head,
         };
         log.upgrade_question_index()?;
         Ok(log)
@@ -453,17 +488,67 @@ impl EventLog {
 
     /// The sequence number of the last event, 0 for an empty log.
     pub fn head(&self) -> Result<u64, LogError> {
-        let range = event_key(0)..=event_key(u64::MAX);
-        match self.tree.range(range).next_back() {
-            None => Ok(0),
+        Ok(self.tail()?.head)
+    }
+
+    /// The head and the end of the last committed record, from the last batch entry.
+    fn tail(&self) -> Result<Tail, LogError> {
+        let last = self
+            .tree
+            .range(batch_key(0)..=batch_key(u64::MAX))
+            .next_back();
+        match last {
+            None => Ok(Tail {
+                head: self.tree_head,
+                segment: 0,
+                end: 0,
+            }),
             Some(entry) => {
-                let (key, _) = entry?;
-                decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
-                    seq: 0,
-                    problem: format!("malformed event key {key:?}"),
+                let (key, value) = entry?;
+                let entry = BatchEntry::decode(&key, &value)
+                    .map_err(|problem| LogError::Corrupt { seq: 0, problem })?;
+                Ok(Tail {
+                    head: entry.last(),
+                    segment: entry.segment,
+                    end: entry.end(),
                 })
             }
         }
+    }
+
+    /// Writes an append's records where the log ends (dropping whatever an append cut short left
+    /// there when `tail` was read from the tree rather than known), on disk before it returns.
+    fn write_records(
+        &self,
+        tail: Tail,
+        known: bool,
+        first: u64,
+        records: &[u8],
+        lens: Vec<u32>,
+    ) -> Result<BatchEntry, LogError> {
+        let (segment, offset) = if tail.end >= SEGMENT_BYTES {
+            (tail.segment + 1, 0)
+        } else {
+            (tail.segment, tail.end)
+        };
+        let failed = |source: std::io::Error| LogError::Write {
+            dir: self.dir.clone(),
+            error: sled::Error::Io(source),
+        };
+        if !known {
+            self.segments
+                .truncate_after(tail.segment, tail.end)
+                .map_err(failed)?;
+        }
+        self.segments
+            .write(segment, offset, records)
+            .map_err(failed)?;
+        Ok(BatchEntry {
+            first,
+            segment,
+            offset,
+            lens,
+        })
     }
 
     /// Appends the observations that are not already in the log, atomically, and returns only
@@ -494,11 +579,14 @@ impl EventLog {
     ) -> Result<AppendReport, LogError> {
         let writer = Arc::clone(&self.writer);
         let mut writing = lock_writer(&writer);
-        let head = match *writing {
-            Some(head) => head,
-            None => self.head()?,
+        let (tail, known) = match *writing {
+            Some(tail) => (tail, true),
+            None => (self.tail()?, false),
         };
+        let head = tail.head;
         let mut next = head + 1;
+        let mut records = Vec::new();
+        let mut lens = Vec::new();
         let mut batch = sled::Batch::default();
         let mut report = AppendReport::default();
         // Bytes of keys and values in the batch, for the free-space check.
@@ -565,8 +653,12 @@ impl EventLog {
                 event,
             };
             let value = encode_envelope(&envelope)?;
-            batch_bytes += (value.len() + 64) as u64;
-            batch.insert(event_key(seq).to_vec(), value);
+            lens.push(
+                push_record(&mut records, seq, &value).ok_or(LogError::TooLarge {
+                    seq,
+                    bytes: value.len(),
+                })?,
+            );
             if written.is_some() {
                 new_envelopes.push(envelope);
             }
@@ -583,6 +675,7 @@ impl EventLog {
 
         if report.appended() > 0 {
             let appended = report.appended();
+            batch_bytes += (records.len() + 13 + 4 * lens.len()) as u64;
             self.ensure_space(batch_bytes.saturating_mul(WRITE_AMPLIFICATION), || {
                 let first = next - appended as u64;
                 match appended {
@@ -593,10 +686,18 @@ impl EventLog {
             // Not known while the batch may be half-way (an error returns, a panic leaves the
             // mutex poisoned): the next append reads it again.
             *writing = None;
+            // The records are on disk before the batch entry that commits them is written.
+            let entry = self.write_records(tail, known, head + 1, &records, lens)?;
+            let end = entry.end();
+            batch.insert(&batch_key(entry.first)[..], entry.encode());
             self.tree
                 .apply_batch(batch)
                 .map_err(|e| self.write_failed(e))?;
-            *writing = Some(next - 1);
+            *writing = Some(Tail {
+                head: next - 1,
+                segment: entry.segment,
+                end,
+            });
             // Nothing is reported as appended until it is on disk (sled otherwise syncs every 500 ms).
             self.db.flush().map_err(|e| self.write_failed(e))?;
             if let Some(written) = written {
@@ -612,28 +713,134 @@ impl EventLog {
         Ok(report)
     }
 
-    /// Removes events, as damage would (for tests of what reads a damaged log).
-    #[cfg(test)]
-    pub(crate) fn remove_events_for_test(&self, seqs: std::ops::RangeInclusive<u64>) {
-        *lock_writer(&self.writer) = None;
-        for seq in seqs {
-            self.tree.remove(event_key(seq)).unwrap();
+    /// Visits the stored frames of the events `from..=upto`, at most `limit` of them, in order:
+    /// those a data dir from before the segment files holds in the tree, then those in segment
+    /// files, one read per append's records. A record the index and the segment disagree about
+    /// is [`LogError::Corrupt`]; so is whatever `visit` returns, which stops the walk. Returns how
+    /// many were visited.
+    fn visit_stored(
+        &self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), LogError>,
+    ) -> Result<usize, LogError> {
+        let limit = limit.max(1);
+        let mut visited = 0usize;
+        let mut next = from.max(1);
+        if next > upto {
+            return Ok(0);
         }
+        if next <= self.tree_head {
+            for entry in self
+                .tree
+                .range(event_key(next)..=event_key(upto.min(self.tree_head)))
+            {
+                let (key, value) = entry?;
+                let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
+                    seq: next,
+                    problem: format!("malformed event key {key:?}"),
+                })?;
+                visit(seq, &value)?;
+                visited += 1;
+                next = seq + 1;
+                if visited == limit {
+                    return Ok(visited);
+                }
+            }
+            next = next.max(self.tree_head + 1);
+        }
+        // The entry holding `next`, then those after it.
+        let holding = self.tree.range(batch_key(0)..=batch_key(next)).next_back();
+        let after = self
+            .tree
+            .range(batch_key(next.saturating_add(1))..=batch_key(upto));
+        for item in holding.into_iter().chain(after) {
+            if visited == limit || next > upto {
+                break;
+            }
+            let (key, value) = item?;
+            let entry = BatchEntry::decode(&key, &value)
+                .map_err(|problem| LogError::Corrupt { seq: next, problem })?;
+            if entry.last() < next {
+                continue;
+            }
+            let start = entry.first.max(next);
+            if start > upto {
+                break;
+            }
+            let end = entry
+                .last()
+                .min(upto)
+                .min(start.saturating_add((limit - visited) as u64 - 1));
+            let (offset, len) = entry.span(start, end);
+            let bytes = self
+                .segments
+                .read(entry.segment, offset, len)
+                .map_err(|problem| LogError::Corrupt {
+                    seq: start,
+                    problem,
+                })?;
+            let mut failed = None;
+            segments::records(&bytes, start, |seq, stored| {
+                let result = stored
+                    .map_err(|problem| LogError::Corrupt { seq, problem })
+                    .and_then(|stored| visit(seq, stored));
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            visited += (end - start + 1) as usize;
+            next = end + 1;
+        }
+        Ok(visited)
     }
 
     /// The event with this sequence number.
     pub fn get(&self, seq: u64) -> Result<Option<Envelope>, LogError> {
-        match self.tree.get(event_key(seq))? {
-            None => Ok(None),
-            Some(value) => decode_envelope(seq, &value).map(Some),
-        }
+        let mut found = None;
+        self.visit_stored(seq, seq, 1, |at, stored| {
+            if at == seq {
+                found = Some(decode_envelope(seq, stored)?);
+            }
+            Ok(())
+        })?;
+        Ok(found)
     }
 
-    /// Events from `from` (inclusive) on, in order, read lazily from disk.
+    /// Events from `from` (inclusive) on, in order, read lazily from disk a few hundred at a
+    /// time. An event that does not decode is an error in its place; the walk goes on after it,
+    /// unless the stored records themselves are damaged.
     pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Envelope, LogError>> {
-        self.tree
-            .range(event_key(from)..=event_key(u64::MAX))
-            .map(decode_stored)
+        let log = self.clone();
+        let mut next = from;
+        let mut buffer = std::collections::VecDeque::new();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if buffer.is_empty() && !done {
+                let read = log.visit_stored(next, u64::MAX, 256, |seq, stored| {
+                    buffer.push_back(decode_envelope(seq, stored));
+                    next = seq + 1;
+                    Ok(())
+                });
+                match read {
+                    Ok(0) => done = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        done = true;
+                        buffer.push_back(Err(e));
+                    }
+                }
+            }
+            buffer.pop_front()
+        })
     }
 
     /// Up to `limit` events from `from` (inclusive) to `upto` (inclusive), decoded once: the
@@ -644,14 +851,12 @@ impl EventLog {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>, LogError> {
-        if from > upto {
-            return Ok(Vec::new());
-        }
-        self.tree
-            .range(event_key(from)..=event_key(upto))
-            .take(limit.max(1))
-            .map(decode_stored)
-            .collect()
+        let mut events = Vec::new();
+        self.visit_stored(from, upto, limit, |seq, stored| {
+            events.push(decode_envelope(seq, stored)?);
+            Ok(())
+        })?;
+        Ok(events)
     }
 
     /// Hands `apply` the events `from..=upto` in batches of up to `limit`, in order, while the
@@ -774,54 +979,53 @@ impl EventLog {
     /// idempotency index. Stops at the first bad record.
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
         let mut expected = 1u64;
-        let bad = |seq, problem: String| {
-            Ok(VerifyReport {
-                good: seq - 1,
-                first_bad: Some(BadRecord { seq, problem }),
-            })
-        };
-        for entry in self.tree.range(event_key(0)..=event_key(u64::MAX)) {
-            let (key, value) = entry?;
-            let Some(seq) = decode_event_key(&key) else {
-                return bad(expected, format!("malformed event key {key:?}"));
-            };
-            if seq != expected {
-                return bad(
-                    expected,
-                    format!(
+        loop {
+            let walked = self.visit_stored(expected, u64::MAX, 1000, |seq, stored| {
+                let bad = |problem: String| LogError::Corrupt {
+                    seq: expected,
+                    problem,
+                };
+                if seq != expected {
+                    return Err(bad(format!(
                         "missing: the log jumps from event {} to {seq}",
                         expected - 1
-                    ),
-                );
-            }
-            let envelope = match decode_envelope(seq, &value) {
-                Ok(envelope) => envelope,
-                Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
-                Err(other) => return Err(other),
-            };
-            let indexed = match envelope.event.question() {
-                Some(question) => match self.question_contents(question) {
-                    Ok(contents) => contents.and_then(|c| c.seq_of(&envelope.content_hash)),
-                    Err(LogError::Corrupt { problem, .. }) => return bad(seq, problem),
-                    Err(other) => return Err(other),
-                },
-                None => self
-                    .tree
-                    .get(identity_key(
-                        &envelope.event.identity_question(),
-                        &envelope.content_hash,
-                    ))?
-                    .and_then(|v| decode_u64(&v)),
-            };
-            if indexed != Some(seq) {
-                return bad(
-                    seq,
-                    format!(
+                    )));
+                }
+                let envelope = decode_envelope(seq, stored)?;
+                let indexed = match envelope.event.question() {
+                    Some(question) => self
+                        .question_contents(question)?
+                        .and_then(|c| c.seq_of(&envelope.content_hash)),
+                    None => self
+                        .tree
+                        .get(identity_key(
+                            &envelope.event.identity_question(),
+                            &envelope.content_hash,
+                        ))?
+                        .and_then(|v| decode_u64(&v)),
+                };
+                if indexed != Some(seq) {
+                    return Err(bad(format!(
                         "the idempotency index does not point at this event (points at {indexed:?})"
-                    ),
-                );
+                    )));
+                }
+                expected += 1;
+                Ok(())
+            });
+            match walked {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(LogError::Corrupt { problem, .. }) => {
+                    return Ok(VerifyReport {
+                        good: expected - 1,
+                        first_bad: Some(BadRecord {
+                            seq: expected,
+                            problem,
+                        }),
+                    })
+                }
+                Err(other) => return Err(other),
             }
-            expected += 1;
         }
         Ok(VerifyReport {
             good: expected - 1,
@@ -845,73 +1049,187 @@ impl EventLog {
         let writer = Arc::clone(&self.writer);
         let mut writing = lock_writer(&writer);
         *writing = None;
-        if self.head()? != 0 {
+        let mut tail = self.tail()?;
+        if tail.head != 0 {
             return Err(LogError::Corrupt {
                 seq: 0,
                 problem: "copy target is not empty".to_string(),
             });
         }
+        let mut known = false;
         let mut copied = 0u64;
-        let mut batch = sled::Batch::default();
-        let mut batch_bytes = 0u64;
-        // Questions whose entries grew since the last batch was applied.
-        let mut questions: HashMap<QuestionKey, QuestionContents> = HashMap::new();
-        for entry in source.tree.range(event_key(1)..=event_key(upto)) {
-            let (key, value) = entry?;
-            let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
-                seq: 0,
-                problem: format!("malformed event key {key:?}"),
-            })?;
-            let envelope = decode_envelope(seq, &value)?;
-            // Checked just above: the frame is whole and the JSON matches its checksum.
-            let stored = match value.split_first() {
-                Some((&FRAME_V1, [_, _, _, _, json @ ..])) => frame_event(json),
-                _ => value.to_vec(),
-            };
-            batch_bytes += (key.len() + stored.len() + 64) as u64;
-            batch.insert(key.to_vec(), stored);
-            match envelope.event.question() {
-                Some(question) => {
-                    let contents = match questions.entry(question.clone()) {
-                        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(entry) => {
-                            entry.insert(self.question_contents(question)?.unwrap_or_default())
+        let mut next = 1u64;
+        while next <= upto {
+            let mut records = Vec::new();
+            // Runs of consecutive events (a gap in the source starts another), as (first, lens).
+            let mut runs: Vec<(u64, Vec<u32>)> = Vec::new();
+            let mut batch = sled::Batch::default();
+            let mut batch_bytes = 0u64;
+            let mut questions: HashMap<QuestionKey, QuestionContents> = HashMap::new();
+            let visited = source.visit_stored(next, upto, 1000, |seq, value| {
+                let envelope = decode_envelope(seq, value)?;
+                // Checked just above: the frame is whole and the JSON matches its checksum.
+                let stored = match value.split_first() {
+                    Some((&FRAME_V1, [_, _, _, _, json @ ..])) => frame_event(json),
+                    _ => value.to_vec(),
+                };
+                let whole = push_record(&mut records, seq, &stored).ok_or(LogError::TooLarge {
+                    seq,
+                    bytes: stored.len(),
+                })?;
+                match runs.last_mut() {
+                    Some((first, lens)) if *first + lens.len() as u64 == seq => lens.push(whole),
+                    _ => runs.push((seq, vec![whole])),
+                }
+                match envelope.event.question() {
+                    Some(question) => {
+                        let contents = match questions.entry(question.clone()) {
+                            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(entry) => {
+                                entry.insert(self.question_contents(question)?.unwrap_or_default())
+                            }
+                        };
+                        if contents.seq_of(&envelope.content_hash).is_none() {
+                            contents.entries.push((seq, envelope.content_hash));
                         }
-                    };
-                    if contents.seq_of(&envelope.content_hash).is_none() {
-                        contents.entries.push((seq, envelope.content_hash));
+                    }
+                    None => {
+                        let key = identity_key(
+                            &envelope.event.identity_question(),
+                            &envelope.content_hash,
+                        );
+                        batch_bytes += key.len() as u64 + 8;
+                        batch.insert(key, seq.to_be_bytes().to_vec());
                     }
                 }
-                None => batch.insert(
-                    identity_key(&envelope.event.identity_question(), &envelope.content_hash),
-                    seq.to_be_bytes().to_vec(),
-                ),
+                next = seq + 1;
+                Ok(())
+            })?;
+            if visited == 0 {
+                break;
             }
-            copied += 1;
-            if copied.is_multiple_of(1000) {
-                for (question, contents) in questions.drain() {
-                    batch.insert(question_key(&question), contents.encode());
-                }
-                self.ensure_space(
-                    std::mem::take(&mut batch_bytes) * WRITE_AMPLIFICATION,
-                    || format!("copying 1000 events (up to event {seq})"),
-                )?;
-                self.tree
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(|e| self.write_failed(e))?;
+            for (question, contents) in questions.drain() {
+                let value = contents.encode();
+                batch_bytes += (value.len() + question.0.len()) as u64;
+                batch.insert(question_key(&question), value);
             }
+            batch_bytes += records.len() as u64;
+            batch_bytes += runs
+                .iter()
+                .map(|(_, l)| 13 + 4 * l.len() as u64)
+                .sum::<u64>();
+            self.ensure_space(batch_bytes.saturating_mul(WRITE_AMPLIFICATION), || {
+                format!("copying {visited} events (up to event {})", next - 1)
+            })?;
+            let mut entries = Vec::with_capacity(runs.len());
+            for (first, lens) in runs {
+                // One write for all the runs: they follow each other in the same segment.
+                let entry = if entries.is_empty() {
+                    self.write_records(tail, known, first, &records, lens)?
+                } else {
+                    let previous: &BatchEntry =
+                        entries.last().ok_or_else(|| LogError::Corrupt {
+                            seq: first,
+                            problem: "no run before it".to_string(),
+                        })?;
+                    BatchEntry {
+                        first,
+                        segment: previous.segment,
+                        offset: previous.end(),
+                        lens,
+                    }
+                };
+                entries.push(entry);
+            }
+            for entry in &entries {
+                batch.insert(&batch_key(entry.first)[..], entry.encode());
+            }
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| self.write_failed(e))?;
+            if let Some(last) = entries.last() {
+                tail = Tail {
+                    head: last.last(),
+                    segment: last.segment,
+                    end: last.end(),
+                };
+                known = true;
+            }
+            copied += visited as u64;
         }
-        for (question, contents) in questions.drain() {
-            batch.insert(question_key(&question), contents.encode());
-        }
-        self.ensure_space(batch_bytes * WRITE_AMPLIFICATION, || {
-            format!("copying events up to {upto}")
-        })?;
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| self.write_failed(e))?;
         self.db.flush().map_err(|e| self.write_failed(e))?;
+        *writing = Some(tail);
         Ok(copied)
+    }
+
+    /// Every stored frame, by seq (tests that alter the log behind its back).
+    #[cfg(test)]
+    pub(crate) fn stored_for_test(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut all = Vec::new();
+        self.visit_stored(1, u64::MAX, usize::MAX, |seq, stored| {
+            all.push((seq, stored.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        all
+    }
+
+    /// Replaces the stored events with `events` (seq, stored frame), as damage would: written to
+    /// a new segment, one batch entry per run of consecutive seqs.
+    #[cfg(test)]
+    pub(crate) fn replace_stored_for_test(&self, events: Vec<(u64, Vec<u8>)>) {
+        *lock_writer(&self.writer) = None;
+        let tail = self.tail().unwrap();
+        for item in self.tree.scan_prefix([segments::BATCH_PREFIX]) {
+            self.tree.remove(item.unwrap().0).unwrap();
+        }
+        let segment = tail.segment + 1;
+        let mut records = Vec::new();
+        let mut runs: Vec<BatchEntry> = Vec::new();
+        for (seq, stored) in events {
+            let offset = records.len() as u64;
+            let whole = push_record(&mut records, seq, &stored).unwrap();
+            match runs.last_mut() {
+                Some(run) if run.last() + 1 == seq => run.lens.push(whole),
+                _ => runs.push(BatchEntry {
+                    first: seq,
+                    segment,
+                    offset,
+                    lens: vec![whole],
+                }),
+            }
+        }
+        self.segments.write(segment, 0, &records).unwrap();
+        for run in runs {
+            self.tree
+                .insert(batch_key(run.first), run.encode())
+                .unwrap();
+        }
+    }
+
+    /// Removes events, as damage would (for tests of what reads a damaged log).
+    #[cfg(test)]
+    pub(crate) fn remove_events_for_test(&self, seqs: std::ops::RangeInclusive<u64>) {
+        let kept = self
+            .stored_for_test()
+            .into_iter()
+            .filter(|(seq, _)| !seqs.contains(seq))
+            .collect();
+        self.replace_stored_for_test(kept);
+    }
+
+    /// Moves every event into the tree, where data dirs before the segment files kept them (the
+    /// log reads them so once opened again).
+    #[cfg(test)]
+    pub(crate) fn store_events_in_tree_for_test(&self) {
+        for (seq, stored) in self.stored_for_test() {
+            self.tree.insert(event_key(seq), stored).unwrap();
+        }
+        for item in self.tree.scan_prefix([segments::BATCH_PREFIX]) {
+            self.tree.remove(item.unwrap().0).unwrap();
+        }
+        self.db.flush().unwrap();
+        std::fs::remove_dir_all(self.dir.join("events")).unwrap();
     }
 
     /// Raw access to the stored bytes of an event, for tests that simulate corruption.
@@ -1070,7 +1388,7 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The writer mutex, held. A panic elsewhere while holding it leaves nothing half-done (a batch
 /// is applied atomically or not at all, and the head it holds was unset before), so a poisoned
 /// mutex is still usable.
-fn lock_writer(writer: &std::sync::Mutex<Option<u64>>) -> std::sync::MutexGuard<'_, Option<u64>> {
+fn lock_writer(writer: &std::sync::Mutex<Option<Tail>>) -> std::sync::MutexGuard<'_, Option<Tail>> {
     writer
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -1284,16 +1602,6 @@ pub(crate) fn frame_event(json: &[u8]) -> Vec<u8> {
 }
 
 /// Checks the frame and checksum of a stored event and decodes it.
-/// An event as read from the tree: its key and stored value.
-fn decode_stored(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Envelope, LogError> {
-    let (key, value) = entry?;
-    let seq = decode_event_key(&key).ok_or_else(|| LogError::Corrupt {
-        seq: 0,
-        problem: format!("malformed event key {key:?}"),
-    })?;
-    decode_envelope(seq, &value)
-}
-
 pub fn decode_envelope(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
     let corrupt = |problem: String| LogError::Corrupt { seq, problem };
     let too_short = || corrupt(format!("stored value is {} bytes long", value.len()));

@@ -260,26 +260,24 @@ fn verify_passes_a_good_log_and_names_an_altered_event() {
         "ok: 13 events, checksums, sequence and index good"
     );
 
-    // Alter event 4 behind the log's back, with sled directly.
+    // Alter event 4 behind the log's back, in its segment file: records are the event's seq
+    // (u64 BE), the stored frame's length (u32 BE), then the frame: a version byte, the JSON's
+    // CRC-32, its length, the JSON LZ4-compressed. One bit of the stored checksum flipped.
     {
-        let db = sled::open(data.join("sled")).unwrap();
-        let tree = db.open_tree("log").unwrap();
-        let mut key = vec![b'E'];
-        key.extend_from_slice(&4u64.to_be_bytes());
-        let value = tree.get(&key).unwrap().unwrap();
-        // Stored as frame 2: a version byte, the JSON's CRC-32, its length, the JSON
-        // LZ4-compressed. One word of the JSON changed, the frame kept.
-        assert_eq!(value[0], 2);
-        let length = u32::from_be_bytes(value[5..9].try_into().unwrap()) as usize;
-        let json = lz4_flex::block::decompress(&value[9..], length).unwrap();
-        let json = String::from_utf8(json)
-            .unwrap()
-            .replacen("Home Office", "Home Offise", 1);
-        let mut altered = value[..9].to_vec();
-        altered.extend_from_slice(&lz4_flex::block::compress(json.as_bytes()));
-        assert_ne!(&altered[..], &value[..]);
-        tree.insert(&key, altered).unwrap();
-        db.flush().unwrap();
+        let segment = data.join("events").join("00000000.seg");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let mut at = 0usize;
+        loop {
+            let seq = u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+            if seq == 4 {
+                assert_eq!(bytes[at + 12], 2, "stored as frame 2");
+                bytes[at + 13] ^= 0x01;
+                break;
+            }
+            at += 12 + len;
+        }
+        std::fs::write(&segment, bytes).unwrap();
     }
     let bad = run(&data, &["verify"]);
     assert_eq!(bad.status.code(), Some(1));

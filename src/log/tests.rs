@@ -277,11 +277,11 @@ fn verify_names_an_event_altered_behind_the_logs_back() {
         NOW,
     )
     .unwrap();
-    let key = event_key(2);
-    let mut value = log.raw_tree().get(key).unwrap().unwrap().to_vec();
+    let mut stored = log.stored_for_test();
+    let value = &mut stored[1].1;
     let at = value.len() - 10;
     value[at] ^= 0x01;
-    log.raw_tree().insert(key, value).unwrap();
+    log.replace_stored_for_test(stored);
     let report = log.verify().unwrap();
     assert_eq!(report.good, 1);
     let bad = report.first_bad.unwrap();
@@ -301,13 +301,18 @@ fn verify_finds_a_gap_and_a_misplaced_event() {
         NOW,
     )
     .unwrap();
-    let moved = log.raw_tree().remove(event_key(2)).unwrap().unwrap();
+    let stored = log.stored_for_test();
+    let moved = stored[1].1.clone();
+    log.remove_events_for_test(2..=2);
     let report = log.verify().unwrap();
     assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(2));
-    assert!(report.first_bad.unwrap().problem.contains("missing"));
-    // Put event 2's bytes under key 2 of another log position: it says it is event 2.
-    log.raw_tree().insert(event_key(2), moved.clone()).unwrap();
-    log.raw_tree().insert(event_key(3), moved).unwrap();
+    let problem = report.first_bad.unwrap().problem;
+    assert!(
+        problem.contains("missing: the log jumps from event 1 to 3"),
+        "{problem}"
+    );
+    // Event 2's bytes stored as event 3 as well: it says it is event 2.
+    log.replace_stored_for_test(vec![stored[0].clone(), (2, moved.clone()), (3, moved)]);
     let report = log.verify().unwrap();
     let bad = report.first_bad.unwrap();
     assert_eq!(bad.seq, 3);
@@ -756,7 +761,8 @@ fn version_1_frame(json: &[u8]) -> Vec<u8> {
 #[test]
 fn events_are_stored_compressed_and_version_1_frames_still_read() {
     let (_dir, mut log, long) = log_with_a_long_and_a_short_answer();
-    let stored = log.raw_tree().get(event_key(1)).unwrap().unwrap();
+    let mut all = log.stored_for_test();
+    let stored = all[0].1.clone();
     let event = log.get(1).unwrap().unwrap();
     let json = serde_json::to_vec(&event).unwrap();
     assert_eq!(stored[0], FRAME_LZ4);
@@ -771,8 +777,8 @@ fn events_are_stored_compressed_and_version_1_frames_still_read() {
     // exactly as before.
     let second = log.get(2).unwrap().unwrap();
     let json = serde_json::to_vec(&second).unwrap();
-    let old = version_1_frame(&json);
-    log.raw_tree().insert(event_key(2), old).unwrap();
+    all[1].1 = version_1_frame(&json);
+    log.replace_stored_for_test(all);
     assert_eq!(log.get(2).unwrap().unwrap(), second);
     let read: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
     assert_eq!(read, vec![event, second]);
@@ -786,19 +792,20 @@ fn a_copy_compresses_version_1_events_and_keeps_their_json() {
     let (_dir, log, long) = log_with_a_long_and_a_short_answer();
     let first = log.get(1).unwrap().unwrap();
     let json = serde_json::to_vec(&first).unwrap();
-    let old = version_1_frame(&json);
-    log.raw_tree().insert(event_key(1), old).unwrap();
-    let second_stored = log.raw_tree().get(event_key(2)).unwrap().unwrap();
+    let mut all = log.stored_for_test();
+    all[0].1 = version_1_frame(&json);
+    let second_stored = all[1].1.clone();
+    log.replace_stored_for_test(all);
 
     let copy_dir = tempfile::tempdir().unwrap();
     let mut copy = open(copy_dir.path());
     assert_eq!(copy.copy_events_from(&log, 2).unwrap(), 2);
-    let stored = copy.raw_tree().get(event_key(1)).unwrap().unwrap();
+    let copied = copy.stored_for_test();
+    let stored = &copied[0].1;
     assert_eq!(stored[0], FRAME_LZ4);
     assert!(stored.len() < json.len());
     assert_eq!(
-        copy.raw_tree().get(event_key(2)).unwrap().unwrap(),
-        second_stored,
+        copied[1].1, second_stored,
         "an event already compressed is copied as it is"
     );
     let original: Vec<Envelope> = log.events_from(1).map(|e| e.unwrap()).collect();
@@ -823,7 +830,7 @@ fn a_damaged_compressed_event_is_corrupt_and_named() {
     let mut log = open(dir.path());
     let long = "Figures for each police force area are given in the table below. ".repeat(20);
     log.append(vec![answer("Q1", &long)], NOW).unwrap();
-    let good = log.raw_tree().get(event_key(1)).unwrap().unwrap().to_vec();
+    let good = log.stored_for_test()[0].1.clone();
     assert_eq!(good[0], FRAME_LZ4);
     let problem = |value: &[u8]| match decode_envelope(1, value) {
         Err(LogError::Corrupt { seq: 1, problem }) => problem,
@@ -859,7 +866,7 @@ fn a_damaged_compressed_event_is_corrupt_and_named() {
         why.contains("checksum") || why.contains("decompress"),
         "{why}"
     );
-    log.raw_tree().insert(event_key(1), damaged).unwrap();
+    log.replace_stored_for_test(vec![(1, damaged)]);
     let bad = log.verify().unwrap().first_bad.unwrap();
     assert_eq!(bad.seq, 1);
 }
@@ -895,4 +902,171 @@ fn appends_through_clones_take_consecutive_seqs_from_the_head_they_share() {
     );
     assert_eq!(log.head().unwrap(), 15);
     assert!(log.verify().unwrap().first_bad.is_none());
+}
+
+fn texts(log: &EventLog) -> Vec<(u64, String)> {
+    log.events_from(1)
+        .map(|e| {
+            let e = e.unwrap();
+            (e.seq, format!("{:?}", e.event))
+        })
+        .collect()
+}
+
+#[test]
+fn events_span_segments_and_read_back_in_any_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    for round in 0..12 {
+        let batch = (0..3)
+            .map(|i| {
+                answer(
+                    &format!("Q{round}-{i}"),
+                    &format!("answer {round} {i} ").repeat(20),
+                )
+            })
+            .collect();
+        log.append(batch, NOW).unwrap();
+    }
+    let segments = std::fs::read_dir(dir.path().join("events"))
+        .unwrap()
+        .count();
+    assert!(segments >= 3, "{segments} segment files");
+    let all = texts(&log);
+    assert_eq!(all.len(), 36);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, (seq, _))| *seq == i as u64 + 1));
+    // Any window, across batch and segment boundaries, reads the same events.
+    for from in [1, 2, 3, 4, 17, 35, 36] {
+        for limit in [1, 2, 5, 100] {
+            let batch = log.read_batch(from, 30, limit).unwrap();
+            let expected: Vec<u64> = (from..=30).take(limit).collect();
+            assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), expected);
+        }
+    }
+    assert!(log.get(37).unwrap().is_none());
+    assert!(log.get(0).unwrap().is_none());
+    assert_eq!(log.get(20).unwrap().unwrap().seq, 20);
+    assert_eq!(log.verify().unwrap().good, 36);
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(texts(&log), all);
+    assert_eq!(log.head().unwrap(), 36);
+}
+
+/// An append cut short after its records were written but before the batch entry that commits
+/// them (a crash, a full disk): the bytes are not events, and the next append writes over them.
+#[test]
+fn records_no_batch_entry_commits_are_not_events_and_are_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    let before = texts(&log);
+    drop(log);
+    // What a cut-short append leaves: a record after the end, and a later segment begun.
+    let events = dir.path().join("events");
+    let first = events.join("00000000.seg");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let committed = bytes.len();
+    segments::push_record(&mut bytes, 3, b"not committed").unwrap();
+    std::fs::write(&first, &bytes).unwrap();
+    std::fs::write(events.join("00000001.seg"), b"torn").unwrap();
+
+    let mut log = open(dir.path());
+    assert_eq!(log.head().unwrap(), 2);
+    assert_eq!(texts(&log), before);
+    assert!(log.verify().unwrap().first_bad.is_none());
+    log.append(vec![answer("Q3", "A3")], NOW).unwrap();
+    assert!(!events.join("00000001.seg").exists());
+    assert_eq!(log.get(3).unwrap().unwrap().seq, 3);
+    let again = log.append(vec![answer("Q3", "A3")], NOW).unwrap();
+    assert_eq!(again.outcomes, vec![Appended::Known { seq: 3 }]);
+    assert!(std::fs::metadata(&first).unwrap().len() > committed as u64);
+    assert_eq!(log.verify().unwrap().good, 3);
+}
+
+#[test]
+fn a_segment_cut_short_or_missing_is_named_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    drop(log);
+    let segment = dir.path().join("events").join("00000000.seg");
+    let length = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(length - 3)
+        .unwrap();
+    let log = open(dir.path());
+    let bad = log.verify().unwrap().first_bad.unwrap();
+    assert_eq!(bad.seq, 1, "one read holds both: the first of it is named");
+    assert!(bad.problem.contains("00000000.seg"), "{}", bad.problem);
+    let err = log.get(2).unwrap_err().to_string();
+    assert!(err.starts_with("event 2 is corrupt"), "{err}");
+    assert!(log.get(1).unwrap().is_some(), "what is whole still reads");
+    drop(log);
+
+    std::fs::remove_file(&segment).unwrap();
+    let log = open(dir.path());
+    let err = log.read_batch(1, 2, 10).unwrap_err().to_string();
+    assert!(err.contains("cannot open"), "{err}");
+    assert_eq!(log.verify().unwrap().first_bad.unwrap().seq, 1);
+}
+
+/// Data dirs from before the segment files keep every event in the tree: they read as before,
+/// new events go to segments after them, and a copy (`backup`, `compact`) moves all into segments.
+#[test]
+fn events_stored_in_the_tree_by_older_versions_read_and_are_followed_by_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    log.store_events_in_tree_for_test();
+    drop(log);
+    assert!(!dir.path().join("events").exists());
+
+    let mut log = open(dir.path());
+    let old = texts(&log);
+    assert_eq!(old.len(), 2);
+    assert_eq!(log.head().unwrap(), 2);
+    let again = log
+        .append(vec![answer("Q1", "A1"), answer("Q3", "A3")], NOW)
+        .unwrap();
+    assert_eq!(again.appended(), 1);
+    assert_eq!(again.known(), 1);
+    assert!(dir.path().join("events").join("00000000.seg").exists());
+    let all = texts(&log);
+    assert_eq!(&all[..2], &old[..]);
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        log.read_batch(2, 3, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(log.verify().unwrap().good, 3);
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    let mut copy = open(copy_dir.path());
+    assert_eq!(copy.copy_events_from(&log, 3).unwrap(), 3);
+    assert_eq!(copy.raw_tree().scan_prefix([EVENT_PREFIX]).count(), 0);
+    assert_eq!(texts(&copy), all);
+    assert_eq!(copy.verify().unwrap().good, 3);
+    let next = copy.append(vec![answer("Q4", "A4")], NOW).unwrap();
+    assert_eq!(
+        next.outcomes,
+        vec![Appended::New {
+            seq: 4,
+            kind: "answer_observed",
+            revises: false
+        }]
+    );
 }
