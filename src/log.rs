@@ -1,20 +1,24 @@
 //! The event log: observations in, durable numbered events out. The only source of truth.
 //!
-//! Stored in one sled tree so that an append (events and the indexes that make it idempotent) is
-//! one atomic `apply_batch`, flushed to disk before `append` returns. Keys:
+//! The events are records in append-only segment files (see `segments`); sled's tree `log`
+//! holds the indexes that make appends idempotent and, per append, the batch entry that commits
+//! its records. An append writes its records and waits for them to be on disk, then applies the
+//! batch entry and its index entries as one atomic `apply_batch`, flushed before `append`
+//! returns. Keys:
 //!
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
-//! | `E` seq (u64 big-endian)             | `2` crc32 (BE) of the event JSON, its length (u32 BE), the JSON LZ4-compressed (block format); or `1` crc32 (BE) event JSON, as written before and for events that do not compress |
+//! | `B` first seq (u64 big-endian)       | where one append's records are: see `segments`   |
+//! | `E` seq (u64 big-endian)             | data dirs from before the segment files: the stored frame, `2` crc32 (BE) of the event JSON, its length (u32 BE), the JSON LZ4-compressed (block format); or `1` crc32 (BE) event JSON |
 //! | `Q` question-key                     | every content the question has had, oldest first: |
 //! |                                      | seq (BE), hash length (u16 BE), hash; the last is the latest |
 //! | `I` identity `\0` content-hash       | seq of the event that first had it (flags, alerts, quarantined records) |
 //!
 //! Events are never rewritten or deleted. Idempotency and revision detection are point lookups
 //! in the `Q` and `I` indexes, never scans, so an append costs the same with ten events in the log
-//! or ten million. An answer costs two keys: its event and its question's entry (a question has
-//! one content, or a few when it is revised). One process at a time may open a data dir: a lock
-//! file says who has it.
+//! or ten million. An answer costs one key, its question's entry (a question has one content, or
+//! a few when it is revised), and four bytes of its append's batch entry. One process at a time
+//! may open a data dir: a lock file says who has it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
