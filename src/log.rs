@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use crate::event::{Envelope, Event, Observation, Payload, QuestionKey, SCHEMA_VERSION};
 
+mod question_filter;
 mod segments;
+use question_filter::QuestionFilter;
 use segments::{batch_key, push_record, BatchEntry, Segments, SEGMENT_BYTES};
 
 const EVENT_PREFIX: u8 = b'E';
@@ -258,13 +260,23 @@ pub struct EventLog {
     /// appends (the lock file) and only under this mutex: reading the head from the tree took a
     /// shared sled lock, which waited while any other thread applied a batch (1.1 s of the
     /// fetching thread's time in a 200,000-answer backfill).
-    writer: Arc<std::sync::Mutex<Option<Tail>>>,
+    writer: Arc<std::sync::Mutex<Writer>>,
     gate: Option<Arc<dyn AppendGate>>,
     /// The files the events are stored in (see `segments`).
     segments: Arc<Segments>,
     /// The last event stored in the tree (`E` keys), as data dirs before the segment files
     /// stored every event; 0 for a log begun since. Those keys are never written again.
     tree_head: u64,
+}
+
+/// What the writer mutex guards.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Where the log ends, as of this process's last append (`None`: not known, read from the
+    /// tree).
+    tail: Option<Tail>,
+    /// Which questions the index may hold.
+    questions: QuestionFilter,
 }
 
 /// Where the log ends: its head, and the end of the last committed record.
@@ -363,7 +375,7 @@ impl EventLog {
             min_free_bytes: options.min_free_bytes,
             poisoned: Arc::new(AtomicBool::new(false)),
             _lock: lock,
-            writer: Arc::new(std::sync::Mutex::new(None)),
+            writer: Arc::new(std::sync::Mutex::new(Writer::default())),
             gate: None,
             segments: Arc::new(Segments::new(dir)),
             tree_head,
@@ -583,7 +595,7 @@ impl EventLog {
     ) -> Result<AppendReport, LogError> {
         let writer = Arc::clone(&self.writer);
         let mut writing = lock_writer(&writer);
-        let (tail, known) = match *writing {
+        let (tail, known) = match writing.tail {
             Some(tail) => (tail, true),
             None => (self.tail()?, false),
         };
@@ -608,10 +620,17 @@ impl EventLog {
                 Payload::Answer(record) => {
                     let (contents, changed) = match questions.entry(question.clone()) {
                         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(entry) => entry.insert((
-                            self.question_contents(&question)?.unwrap_or_default(),
-                            false,
-                        )),
+                        std::collections::hash_map::Entry::Vacant(entry) => {
+                            if writing.questions.wants_build() {
+                                self.build_question_filter(&mut writing.questions, head)?;
+                            }
+                            let stored = if writing.questions.may_hold(question.0.as_bytes()) {
+                                self.question_contents(&question)?
+                            } else {
+                                None
+                            };
+                            entry.insert((stored.unwrap_or_default(), false))
+                        }
                     };
                     if let Some(seq) = contents.seq_of(&hash) {
                         report.outcomes.push(Appended::Known { seq });
@@ -671,6 +690,8 @@ impl EventLog {
         }
         for (question, (contents, changed)) in questions {
             if changed {
+                // Before the batch is applied: should it fail, a false positive, never a miss.
+                writing.questions.insert(question.0.as_bytes());
                 let value = contents.encode();
                 batch_bytes += (value.len() + question.0.len()) as u64;
                 batch.insert(question_key(&question), value);
@@ -689,7 +710,7 @@ impl EventLog {
             })?;
             // Not known while the batch may be half-way (an error returns, a panic leaves the
             // mutex poisoned): the next append reads it again.
-            *writing = None;
+            writing.tail = None;
             // The records are on disk before the batch entry that commits them is written.
             let entry = self.write_records(tail, known, head + 1, &records, lens)?;
             let end = entry.end();
@@ -697,7 +718,7 @@ impl EventLog {
             self.tree
                 .apply_batch(batch)
                 .map_err(|e| self.write_failed(e))?;
-            *writing = Some(Tail {
+            writing.tail = Some(Tail {
                 head: next - 1,
                 segment: entry.segment,
                 end,
@@ -946,6 +967,35 @@ impl EventLog {
         }
     }
 
+    /// Builds the writer's question filter from every question in the index (under the writer
+    /// mutex, so no append adds one meanwhile).
+    fn build_question_filter(
+        &self,
+        filter: &mut QuestionFilter,
+        head: u64,
+    ) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
+        // A question's first content is an event: no more questions than events.
+        filter.start(usize::try_from(head).unwrap_or(usize::MAX));
+        let mut questions = 0u64;
+        for entry in self.tree.scan_prefix([QUESTION_PREFIX]) {
+            match entry {
+                Ok((key, _)) => filter.add(&key[1..]),
+                Err(e) => {
+                    filter.reset();
+                    return Err(e.into());
+                }
+            }
+            questions += 1;
+        }
+        tracing::debug!(
+            questions,
+            took_ms = started.elapsed().as_millis() as u64,
+            "log: question filter built"
+        );
+        Ok(())
+    }
+
     /// The latest content recorded for a question.
     pub fn question_head(&self, question: &QuestionKey) -> Result<Option<QuestionHead>, LogError> {
         Ok(self
@@ -1052,7 +1102,8 @@ impl EventLog {
         // Held throughout: no append between, and the next one reads the head the copy left.
         let writer = Arc::clone(&self.writer);
         let mut writing = lock_writer(&writer);
-        *writing = None;
+        writing.tail = None;
+        writing.questions.reset();
         let mut tail = self.tail()?;
         if tail.head != 0 {
             return Err(LogError::Corrupt {
@@ -1162,7 +1213,7 @@ impl EventLog {
             copied += visited as u64;
         }
         self.db.flush().map_err(|e| self.write_failed(e))?;
-        *writing = Some(tail);
+        writing.tail = Some(tail);
         Ok(copied)
     }
 
@@ -1182,7 +1233,7 @@ impl EventLog {
     /// a new segment, one batch entry per run of consecutive seqs.
     #[cfg(test)]
     pub(crate) fn replace_stored_for_test(&self, events: Vec<(u64, Vec<u8>)>) {
-        *lock_writer(&self.writer) = None;
+        lock_writer(&self.writer).tail = None;
         let tail = self.tail().unwrap();
         for item in self.tree.scan_prefix([segments::BATCH_PREFIX]) {
             self.tree.remove(item.unwrap().0).unwrap();
@@ -1392,7 +1443,7 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The writer mutex, held. A panic elsewhere while holding it leaves nothing half-done (a batch
 /// is applied atomically or not at all, and the head it holds was unset before), so a poisoned
 /// mutex is still usable.
-fn lock_writer(writer: &std::sync::Mutex<Option<Tail>>) -> std::sync::MutexGuard<'_, Option<Tail>> {
+fn lock_writer(writer: &std::sync::Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
     writer
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1070,3 +1070,37 @@ fn events_stored_in_the_tree_by_older_versions_read_and_are_followed_by_segments
         }]
     );
 }
+
+/// Once the writer's question filter is built (after a few lookups in tests), an answer to a
+/// question it holds is still looked up: known content is known, changed content a revision.
+#[test]
+fn questions_indexed_before_the_filter_are_never_taken_for_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let first: Vec<Observation> = (0..20)
+        .map(|i| answer(&format!("Q{i}"), &format!("first answer {i}")))
+        .collect();
+    assert_eq!(log.append(first.clone(), NOW).unwrap().appended(), 20);
+    drop(log);
+    let mut log = open(dir.path());
+    // New questions first, so that the filter is built from the index before the old ones come.
+    let new: Vec<Observation> = (20..25)
+        .map(|i| answer(&format!("Q{i}"), &format!("first answer {i}")))
+        .collect();
+    assert_eq!(log.append(new, NOW).unwrap().appended(), 5);
+    assert!(lock_writer(&log.writer).questions.is_built());
+    let again = log.append(first, NOW).unwrap();
+    assert_eq!(again.known(), 20);
+    let revised = log
+        .append(vec![answer("Q3", "a corrected answer 3")], NOW)
+        .unwrap();
+    assert_eq!(
+        revised.outcomes,
+        vec![Appended::New {
+            seq: 26,
+            kind: "answer_revised",
+            revises: true
+        }]
+    );
+    assert!(log.verify().unwrap().first_bad.is_none());
+}
