@@ -509,27 +509,32 @@ impl EventLog {
 
     /// The head and the end of the last committed record, from the last batch entry.
     fn tail(&self) -> Result<Tail, LogError> {
+        Ok(match self.last_batch()? {
+            None => Tail {
+                head: self.tree_head,
+                segment: 0,
+                end: 0,
+            },
+            Some(entry) => Tail {
+                head: entry.last(),
+                segment: entry.segment,
+                end: entry.end(),
+            },
+        })
+    }
+
+    fn last_batch(&self) -> Result<Option<BatchEntry>, LogError> {
         let last = self
             .tree
             .range(batch_key(0)..=batch_key(u64::MAX))
             .next_back();
-        match last {
-            None => Ok(Tail {
-                head: self.tree_head,
-                segment: 0,
-                end: 0,
-            }),
-            Some(entry) => {
-                let (key, value) = entry?;
-                let entry = BatchEntry::decode(&key, &value)
-                    .map_err(|problem| LogError::Corrupt { seq: 0, problem })?;
-                Ok(Tail {
-                    head: entry.last(),
-                    segment: entry.segment,
-                    end: entry.end(),
-                })
-            }
-        }
+        let Some(entry) = last else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        BatchEntry::decode(&key, &value)
+            .map(Some)
+            .map_err(|problem| LogError::Corrupt { seq: 0, problem })
     }
 
     /// Writes an append's records where the log ends (dropping whatever an append cut short left
@@ -552,6 +557,14 @@ impl EventLog {
             error: sled::Error::Io(source),
         };
         if !known {
+            if let Some(entry) = self.last_batch()? {
+                self.segments
+                    .check_committed(&entry)
+                    .map_err(|problem| LogError::Corrupt {
+                        seq: entry.first,
+                        problem: format!("{problem}; nothing appended (run 'answerfeed verify')"),
+                    })?;
+            }
             self.segments
                 .truncate_after(tail.segment, tail.end)
                 .map_err(failed)?;
@@ -807,7 +820,7 @@ impl EventLog {
                     problem,
                 })?;
             let mut failed = None;
-            segments::records(&bytes, start, |seq, stored| {
+            segments::records(&bytes, start, entry.lens_of(start, end), |seq, stored| {
                 let result = stored
                     .map_err(|problem| LogError::Corrupt { seq, problem })
                     .and_then(|stored| visit(seq, stored));
@@ -1213,7 +1226,8 @@ impl EventLog {
             copied += visited as u64;
         }
         self.db.flush().map_err(|e| self.write_failed(e))?;
-        writing.tail = Some(tail);
+        // Known only once this copy wrote: otherwise the next append checks and truncates.
+        writing.tail = known.then_some(tail);
         Ok(copied)
     }
 

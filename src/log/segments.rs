@@ -114,12 +114,30 @@ impl BatchEntry {
         if lens.iter().any(|l| (*l as usize) < RECORD_HEADER) || first == 0 {
             return Err(bad("is malformed"));
         }
+        let offset = u64::from_be_bytes(offset);
+        // Damage must not make the arithmetic on it wrap: the seq after the last, the byte after
+        // the last record and the next segment's number all exist.
+        let fits = first.checked_add(lens.len() as u64).is_some()
+            && lens
+                .iter()
+                .try_fold(offset, |at, l| at.checked_add(u64::from(*l)))
+                .is_some()
+            && segment < u32::MAX;
+        if !fits {
+            return Err(bad("is out of range"));
+        }
         Ok(BatchEntry {
             first,
             segment,
-            offset: u64::from_be_bytes(offset),
+            offset,
             lens,
         })
+    }
+
+    /// The whole lengths of the records of `from..=upto` (both within the entry).
+    pub fn lens_of(&self, from: u64, upto: u64) -> &[u32] {
+        let skip = (from - self.first) as usize;
+        &self.lens[skip..=skip + (upto - from) as usize]
     }
 
     /// The byte range (offset, length) in the segment of the records of `from..=upto` (both
@@ -141,11 +159,14 @@ impl BatchEntry {
 pub(super) fn records(
     bytes: &[u8],
     from: u64,
+    lens: &[u32],
     mut visit: impl FnMut(u64, Result<&[u8], String>) -> bool,
 ) {
     let mut rest = bytes;
     let mut seq = from;
+    let mut lens = lens.iter();
     while !rest.is_empty() {
+        let expected = lens.next().map(|l| *l as usize);
         let header = rest.get(..RECORD_HEADER).and_then(|h| {
             let stored_seq = u64::from_be_bytes(h[..8].try_into().ok()?);
             let len = u32::from_be_bytes(h[8..12].try_into().ok()?) as usize;
@@ -158,6 +179,10 @@ pub(super) fn records(
             )),
             Some((stored_seq, _)) if stored_seq != seq => Err(format!(
                 "the segment holds event {stored_seq} where the index puts event {seq}"
+            )),
+            Some((_, len)) if Some(RECORD_HEADER + len) != expected => Err(format!(
+                "its record says {len} bytes where the index gives it {}",
+                expected.map_or(0, |e| e.saturating_sub(RECORD_HEADER))
             )),
             Some((_, len)) => match rest.get(RECORD_HEADER..RECORD_HEADER + len) {
                 Some(stored) => {
@@ -189,7 +214,8 @@ pub(super) fn records(
 #[derive(Debug)]
 pub(super) struct Segments {
     dir: PathBuf,
-    files: RwLock<HashMap<u32, Arc<File>>>,
+    /// Open files by segment, and whether each was opened for writing.
+    files: RwLock<HashMap<u32, (Arc<File>, bool)>>,
 }
 
 impl Segments {
@@ -206,51 +232,96 @@ impl Segments {
 
     fn file(&self, segment: u32, create: bool) -> std::io::Result<Arc<File>> {
         if let Ok(files) = self.files.read() {
-            if let Some(file) = files.get(&segment) {
-                return Ok(Arc::clone(file));
+            if let Some((file, writable)) = files.get(&segment) {
+                if *writable || !create {
+                    return Ok(Arc::clone(file));
+                }
             }
         }
         let path = self.path(segment);
-        let file = if create {
+        let (file, writable) = if create {
+            let made_dir = !self.dir.exists();
             std::fs::create_dir_all(&self.dir)?;
-            let existed = path.exists();
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&path)?;
-            if !existed {
-                // The new file's name must be on disk before any record in it is acknowledged.
-                File::open(&self.dir)?.sync_all()?;
+            // The file's name (and the dir's, when new) must be on disk before any record in it
+            // is acknowledged. Synced at every first open for writing, not only at creation: a
+            // crash between creating the file and syncing would leave a name never synced.
+            File::open(&self.dir)?.sync_all()?;
+            if made_dir {
+                if let Some(data_dir) = self.dir.parent() {
+                    File::open(data_dir)?.sync_all()?;
+                }
             }
-            file
+            (file, true)
         } else {
             match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(file) => file,
-                Err(_) => File::open(&path)?,
+                Ok(file) => (file, true),
+                Err(_) => (File::open(&path)?, false),
             }
         };
         let file = Arc::new(file);
         if let Ok(mut files) = self.files.write() {
-            files.insert(segment, Arc::clone(&file));
+            files.insert(segment, (Arc::clone(&file), writable));
         }
         Ok(file)
     }
 
     /// Exactly `len` bytes at `offset` of `segment`.
     pub fn read(&self, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let path = || self.path(segment).display().to_string();
         let file = self
             .file(segment, false)
-            .map_err(|e| format!("cannot open {}: {e}", self.path(segment).display()))?;
+            .map_err(|e| format!("cannot open {}: {e}", path()))?;
+        // Checked before allocating: a damaged index can claim any length.
+        let size = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", path()))?
+            .len();
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > size) {
+            return Err(format!(
+                "{} is {size} bytes long, and the index puts {len} bytes at {offset}",
+                path()
+            ));
+        }
         let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, offset).map_err(|e| {
-            format!(
-                "cannot read {len} bytes at {offset} of {}: {e}",
-                self.path(segment).display()
-            )
-        })?;
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(|e| format!("cannot read {len} bytes at {offset} of {}: {e}", path()))?;
         Ok(bytes)
+    }
+
+    /// Whether the last committed append's records are where its batch entry says: the first
+    /// record's header at its offset, the file long enough for all of them. Checked before
+    /// the first append of a process truncates what follows them, so that a damaged entry
+    /// stops appends instead of cutting good records.
+    pub fn check_committed(&self, entry: &BatchEntry) -> Result<(), String> {
+        let header = self.read(entry.segment, entry.offset, RECORD_HEADER)?;
+        let seq = u64::from_be_bytes(header[..8].try_into().map_err(|_| "short header")?);
+        if seq != entry.first {
+            return Err(format!(
+                "{} holds event {seq} where the index puts event {}",
+                self.path(entry.segment).display(),
+                entry.first
+            ));
+        }
+        let size = self
+            .file(entry.segment, false)
+            .and_then(|f| f.metadata())
+            .map_err(|e| format!("cannot read {}: {e}", self.path(entry.segment).display()))?
+            .len();
+        if size < entry.end() {
+            return Err(format!(
+                "{} is {size} bytes long, and the index puts records up to {}",
+                self.path(entry.segment).display(),
+                entry.end()
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `bytes` at `offset` of `segment` (creating it) and waits until they are on disk.
@@ -339,12 +410,52 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_whose_arithmetic_would_wrap_is_refused() {
+        let entry = |first: u64, segment: u32, offset: u64, lens: Vec<u32>| {
+            let key = batch_key(first);
+            BatchEntry::decode(
+                &key,
+                &BatchEntry {
+                    first,
+                    segment,
+                    offset,
+                    lens,
+                }
+                .encode(),
+            )
+        };
+        assert!(entry(u64::MAX - 1, 0, 0, vec![12, 12])
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(entry(1, 0, u64::MAX - 20, vec![12, 12]).is_err());
+        assert!(entry(1, u32::MAX, 0, vec![12]).is_err());
+        assert!(entry(u64::MAX - 2, 7, 1 << 40, vec![u32::MAX, 12]).is_ok());
+    }
+
+    #[test]
+    fn a_record_longer_or_shorter_than_its_index_entry_is_named() {
+        let mut bytes = Vec::new();
+        push_record(&mut bytes, 1, b"one").unwrap();
+        push_record(&mut bytes, 2, b"two").unwrap();
+        // The first header claims both records' bytes: it would swallow event 2.
+        bytes[8..12].copy_from_slice(&(3u32 + 15).to_be_bytes());
+        let mut seen = Vec::new();
+        records(&bytes, 1, &[15, 15], |seq, stored| {
+            seen.push((seq, stored.map(|s| s.len())));
+            true
+        });
+        assert_eq!(seen.len(), 1);
+        let problem = seen[0].1.clone().unwrap_err();
+        assert!(problem.contains("where the index gives it 3"), "{problem}");
+    }
+
+    #[test]
     fn records_are_read_back_and_a_wrong_seq_or_a_cut_is_named() {
         let mut bytes = Vec::new();
         push_record(&mut bytes, 5, b"five").unwrap();
         push_record(&mut bytes, 6, b"six!!").unwrap();
         let mut seen = Vec::new();
-        records(&bytes, 5, |seq, stored| {
+        records(&bytes, 5, &[16, 17], |seq, stored| {
             seen.push((seq, stored.map(|s| s.to_vec())));
             true
         });
@@ -354,14 +465,14 @@ mod tests {
         );
 
         let mut seen = Vec::new();
-        records(&bytes, 4, |seq, stored| {
+        records(&bytes, 4, &[16, 17], |seq, stored| {
             seen.push((seq, stored.is_ok()));
             true
         });
         assert_eq!(seen, vec![(4, false)]);
 
         let mut problems = Vec::new();
-        records(&bytes[..bytes.len() - 1], 5, |_, stored| {
+        records(&bytes[..bytes.len() - 1], 5, &[16, 17], |_, stored| {
             if let Err(p) = stored {
                 problems.push(p);
             }

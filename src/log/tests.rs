@@ -1104,3 +1104,54 @@ fn questions_indexed_before_the_filter_are_never_taken_for_new() {
     );
     assert!(log.verify().unwrap().first_bad.is_none());
 }
+
+/// A batch entry damaged behind the log's back: reads and `verify` name it (no allocation of
+/// what it claims), and the next append refuses to write rather than cut good records.
+#[test]
+fn a_damaged_batch_entry_is_named_and_stops_appends_before_they_truncate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(vec![answer("Q1", "A1")], NOW).unwrap();
+    log.append(vec![answer("Q2", "A2"), answer("Q3", "A3")], NOW)
+        .unwrap();
+    let key = segments::batch_key(2);
+    let value = log.raw_tree().get(key).unwrap().unwrap();
+    let good = segments::BatchEntry::decode(&key, &value).unwrap();
+    drop(log);
+
+    // Lengths no segment holds: an error naming the event, not a 4 GiB allocation.
+    let huge = segments::BatchEntry {
+        lens: vec![u32::MAX; 2],
+        ..good.clone()
+    };
+    let log = open(dir.path());
+    log.raw_tree().insert(key, huge.encode()).unwrap();
+    let bad = log.verify().unwrap().first_bad.unwrap();
+    assert_eq!(bad.seq, 2);
+    assert!(bad.problem.contains("bytes long"), "{}", bad.problem);
+    assert!(log.get(3).is_err());
+
+    // The last entry pointing at the wrong place: the first append of a process checks it
+    // before truncating after it, and refuses.
+    let moved = segments::BatchEntry {
+        offset: 0,
+        ..good.clone()
+    };
+    log.raw_tree().insert(key, moved.encode()).unwrap();
+    drop(log);
+    let mut log = open(dir.path());
+    let err = log
+        .append(vec![answer("Q4", "A4")], NOW)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds event 1 where the index puts event 2"),
+        "{err}"
+    );
+    assert!(err.contains("nothing appended"), "{err}");
+    // Put right, nothing was lost.
+    log.raw_tree().insert(key, good.encode()).unwrap();
+    assert_eq!(log.verify().unwrap().good, 3);
+    log.append(vec![answer("Q4", "A4")], NOW).unwrap();
+    assert_eq!(log.verify().unwrap().good, 4);
+}
