@@ -109,8 +109,9 @@ impl Bloom {
         }
     }
 
-    /// The probe positions (double hashing over one 128-bit hash).
-    fn probes(&self, key: &[u8]) -> impl Iterator<Item = usize> {
+    /// The probe positions (double hashing over one 128-bit hash); they borrow nothing, so an
+    /// insert sets them as it goes.
+    fn probes(&self, key: &[u8]) -> impl Iterator<Item = usize> + use<> {
         let hash = xxh3_128(key);
         let (a, b) = (hash as u64, ((hash >> 64) as u64) | 1);
         let mask = (self.bits.len() * 64 - 1) as u64;
@@ -118,8 +119,7 @@ impl Bloom {
     }
 
     fn insert(&mut self, key: &[u8]) {
-        let probes: Vec<usize> = self.probes(key).collect();
-        for bit in probes {
+        for bit in self.probes(key) {
             self.bits[bit / 64] |= 1 << (bit % 64);
         }
         self.items += 1;

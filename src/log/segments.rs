@@ -274,25 +274,31 @@ impl Segments {
     /// Exactly `len` bytes at `offset` of `segment`.
     pub fn read(&self, segment: u32, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let path = || self.path(segment).display().to_string();
+        // Checked before allocating: a damaged index can claim any length.
+        let file = self.file_holding(segment, offset, len as u64)?;
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(|e| format!("cannot read {len} bytes at {offset} of {}: {e}", path()))?;
+        Ok(bytes)
+    }
+
+    /// The segment's file, once it is known to hold `len` bytes at `offset`.
+    fn file_holding(&self, segment: u32, offset: u64, len: u64) -> Result<Arc<File>, String> {
+        let path = || self.path(segment).display().to_string();
         let file = self
             .file(segment, false)
             .map_err(|e| format!("cannot open {}: {e}", path()))?;
-        // Checked before allocating: a damaged index can claim any length.
         let size = file
             .metadata()
             .map_err(|e| format!("cannot read {}: {e}", path()))?
             .len();
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|end| end > size) {
+        if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(format!(
                 "{} is {size} bytes long, and the index puts {len} bytes at {offset}",
                 path()
             ));
         }
-        let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, offset)
-            .map_err(|e| format!("cannot read {len} bytes at {offset} of {}: {e}", path()))?;
-        Ok(bytes)
+        Ok(file)
     }
 
     /// Whether the last committed append's records are where its batch entry says: the first
@@ -309,19 +315,8 @@ impl Segments {
                 entry.first
             ));
         }
-        let size = self
-            .file(entry.segment, false)
-            .and_then(|f| f.metadata())
-            .map_err(|e| format!("cannot read {}: {e}", self.path(entry.segment).display()))?
-            .len();
-        if size < entry.end() {
-            return Err(format!(
-                "{} is {size} bytes long, and the index puts records up to {}",
-                self.path(entry.segment).display(),
-                entry.end()
-            ));
-        }
-        Ok(())
+        self.file_holding(entry.segment, entry.offset, entry.end() - entry.offset)
+            .map(|_| ())
     }
 
     /// Writes `bytes` at `offset` of `segment` (creating it) and waits until they are on disk.
