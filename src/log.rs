@@ -456,6 +456,15 @@ impl EventLog {
         self.gate = gate;
     }
 
+    /// A handle that appends in this one's place, through the same [`AppendGate`] (a clone has
+    /// none): for running this handle's appends on another thread, one at a time, while this
+    /// one does not append.
+    pub fn stand_in(&self) -> EventLog {
+        let mut handle = self.clone();
+        handle.gate = self.gate.clone();
+        handle
+    }
+
     /// Refuses a write of about `bytes` that would leave less than the configured free space on
     /// the data dir's filesystem. sled 0.34 does not survive a write that hits a full disk: it can
     /// keep part of an atomic batch and lose the rest, or hang, so it must never get there.

@@ -59,8 +59,8 @@ impl DeriveReport {
 /// it while the caller fetches and writes the next. The appends are taken in groups of at least
 /// [`FLAG_GROUP_EVENTS`] new events (a group ends with the append that reaches it); a group's
 /// flags are appended together right after the append that follows the group, and the append
-/// after that waits until they are in. The log reads: group 1, the next page, group 1's flags,
-/// ... One flag append per group rather than per page: each append waits for its flush.
+/// after that waits until they are in. The log reads: group 1, the next append, group 1's flags,
+/// ... One flag append per group rather than per append: each append waits for its flush.
 /// The consumers and their checkpoints are [`derive`]'s, so a crash at any point leaves the
 /// state it would leave there.
 pub struct Follower {
@@ -68,7 +68,7 @@ pub struct Follower {
 }
 
 /// The new events a group of followed appends holds at least before its flags go in (a fetch
-/// writes a page of about a hundred answers an append, an ingest a thousand).
+/// appends a few pages, at least 250 answers, at a time, an ingest a thousand).
 pub const FLAG_GROUP_EVENTS: usize = 1000;
 
 /// How often the derive thread looks for new events when nothing wakes it.

@@ -218,6 +218,76 @@ fn first_backfill_then_a_cycle_with_nothing_new() {
     assert!(flags.contains("\"removed\":[\"Gwent\"]"), "{flags}");
 }
 
+/// A window's pages go into the log a few at a time (an append holds at least 250 records, so
+/// that a backfill waits for far fewer syncs), in the order the API lists them, each record
+/// once; the pages are recorded as read with their records, so the next cycle reads them all
+/// back without decoding one, and what a rerun finds is exactly what was logged.
+#[test]
+fn a_windows_pages_are_appended_a_few_at_a_time_in_list_order() {
+    let base = fixture("questions.json");
+    let records: Vec<Value> = (0..300usize)
+        .map(|i| {
+            let mut r = base[i % base.len()].clone();
+            let day = 1 + i % 28;
+            r["id"] = json!(1_800_000 + i as u64);
+            r["uin"] = json!(format!("{}", 70_000 + i));
+            r["dateAnswered"] = json!(format!("2025-01-{day:02}T00:00:00"));
+            r["questionText"] = json!(format!("To ask question {i}: {}", r["questionText"]));
+            r["answerText"] = json!(format!("<p>Answer {i}.</p>{}", r["answerText"]));
+            r
+        })
+        .collect();
+    let server = ApiServer::start(records);
+    let env = env("page_size = 20");
+    let out = ok(fetch_command(
+        &env,
+        &server,
+        &["--since", "2025-01-01", "--until", "2025-01-31"],
+    )
+    .env("RUST_LOG", "answerfeed::log=debug")
+    .output()
+    .expect("the binary runs"));
+    let first = report(&out);
+    assert_eq!(first["appended"], 300, "{first}");
+    let pages = first["pages"].as_u64().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let appends = stderr.lines().filter(|l| l.contains("log append")).count() as u64;
+    // 300 answers in pages of 20 (each overlapping the last by one): 16 pages, in one append of
+    // at least 250 records and one of the window's rest (and the diff module's flags in one).
+    assert!(
+        (2..pages / 2).contains(&appends),
+        "{appends} appends for {pages} pages"
+    );
+
+    // The log holds the list's order: newest answer date first, then the highest id.
+    let logged: Vec<u64> = events(&env)
+        .iter()
+        .filter_map(|e| e["event"]["record"]["api_id"].as_u64())
+        .collect();
+    let mut listed: Vec<(String, u64)> = server
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                r["dateAnswered"].as_str().unwrap().to_string(),
+                r["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    listed.sort_by(|a, b| b.cmp(a));
+    let listed: Vec<u64> = listed.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(logged, listed);
+
+    let again = report(&ok(fetch(
+        &env,
+        &server,
+        &["--since", "2025-01-01", "--until", "2025-01-31"],
+    )));
+    assert_eq!(again["appended"], 0, "{again}");
+    assert_eq!(again["pages_unchanged"], again["pages"], "{again}");
+    assert_eq!(events(&env).len(), 300);
+}
+
 /// A cycle does not decode again what it logged before byte for byte; what the list cuts short
 /// is still completed by id every time, and a record that changed is decoded and logged.
 #[test]
@@ -512,12 +582,12 @@ fn the_page_before_a_failed_request_is_kept_and_recorded() {
     assert_eq!(answer_ids(&events(&env)).len(), 10);
 }
 
-/// A refused append is the one error reported, and the cycle stops there: the next page is not
-/// requested (a log error is what stops a daemon; a page's request failing is not).
+/// A refused append is the one error reported, and the cycle stops there: no later window is
+/// requested (a log error is what stops a daemon; a page's request failing is not). A window's
+/// pages are appended together once read, so its own pages are all requested first.
 #[test]
-fn a_refused_append_stops_the_cycle_before_the_next_request() {
+fn a_refused_append_stops_the_cycle_before_the_next_window() {
     let server = ApiServer::start(fixture("questions.json"));
-    server.fail_between_successes(vec![Fault::MalformedBody]);
     let env = env("");
     // More free space required than any disk has: every append is refused, nothing written.
     let out = fetch_command(&env, &server, &["--since", "2025-01-01"])
@@ -531,7 +601,42 @@ fn a_refused_append_stops_the_cycle_before_the_next_request() {
     assert!(errors[0].contains("not enough free space"), "{stderr}");
     assert_eq!(report(&out)["appended"], 0);
     assert!(events(&env).is_empty());
-    assert_eq!(server.pending_faults(), 1, "the second page was requested");
+    let lists: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_list())
+        .collect();
+    assert!(lists.len() >= 2, "{lists:?}");
+    for request in &lists {
+        let from = request
+            .param("answeredWhenFrom")
+            .or(request.param("correctedWhenFrom"));
+        assert_eq!(
+            from,
+            Some("2025-01-01"),
+            "a later window was requested: {request:?}"
+        );
+    }
+}
+
+/// When the pages of a window are read but a request fails, those read are appended before the
+/// cycle reports the failure, and the error reported is the log's if appending them fails too.
+#[test]
+fn a_refused_append_is_reported_over_the_failed_request_after_it() {
+    let server = ApiServer::start(fixture("questions.json"));
+    server.fail_between_successes(vec![Fault::MalformedBody]);
+    let env = env("");
+    let out = fetch_command(&env, &server, &["--since", "2025-01-01"])
+        .env("ANSWERFEED_STORE_MIN_FREE_MB", "1048576")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("not enough free space"), "{stderr}");
+    assert!(events(&env).is_empty());
+    assert_eq!(server.pending_faults(), 0, "the second page was requested");
 }
 
 #[test]
