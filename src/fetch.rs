@@ -579,7 +579,8 @@ struct Appender {
 }
 
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<AppendReport, LogError>>,
+    /// None when the pages held nothing to append.
+    task: Option<tokio::task::JoinHandle<Result<AppendReport, LogError>>>,
     pages: Vec<DecodedPage>,
 }
 
@@ -603,20 +604,20 @@ impl Appender {
         Ok(())
     }
 
-    /// Starts appending what waits, through a stand-in for `log` (same gate, same order).
+    /// Starts appending what waits, through a stand-in for `log` (same gate, same order). Pages
+    /// with nothing new start no thread.
     fn start(&mut self, log: &EventLog) {
         let observations = std::mem::take(&mut self.observations);
         let pages = std::mem::take(&mut self.pages);
-        let mut appender = log.stand_in();
-        let recorded_at = crate::ingest::now_rfc3339();
-        // The append's own log lines belong to the cycle, as when it ran on this thread.
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _cycle = span.enter();
-            if observations.is_empty() {
-                return Ok(AppendReport::default());
-            }
-            appender.append(observations, &recorded_at)
+        let task = (!observations.is_empty()).then(|| {
+            let mut appender = log.stand_in();
+            let recorded_at = crate::ingest::now_rfc3339();
+            // The append's own log lines belong to the cycle, as when it ran on this thread.
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _cycle = span.enter();
+                appender.append(observations, &recorded_at)
+            })
         });
         self.in_flight = Some(InFlight { task, pages });
     }
@@ -632,13 +633,16 @@ impl Appender {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let appended = in_flight.task.await.map_err(|e| {
-            let first = in_flight.pages.first().map(|p| p.url.to_string());
-            FetchError::State(format!(
-                "appending the records of {}: {e}",
-                first.unwrap_or_default()
-            ))
-        })??;
+        let appended = match in_flight.task {
+            Some(task) => task.await.map_err(|e| {
+                let first = in_flight.pages.first().map(|p| p.url.to_string());
+                FetchError::State(format!(
+                    "appending the records of {}: {e}",
+                    first.unwrap_or_default()
+                ))
+            })??,
+            None => AppendReport::default(),
+        };
         for outcome in &appended.outcomes {
             match outcome {
                 Appended::New { kind, .. } => {
