@@ -337,7 +337,11 @@ async fn cycle_inner(
     .await;
     // Whatever ended the read, the pages decoded are appended before the cycle returns; a
     // failure to append them is the one to report.
-    appender.drain(log, &pages, report, &bar).await.and(read)?;
+    let drained = appender.drain(log, &pages, report, &bar).await;
+    if let (Err(_), Err(read_error)) = (&drained, &read) {
+        tracing::warn!(error = %read_error, "the read had failed before the append did");
+    }
+    drained.and(read)?;
     bar.finish_and_clear();
     forget_pages_before(&pages, from)?;
     Ok(())
@@ -576,6 +580,10 @@ struct Appender {
     observations: Vec<Observation>,
     pages: Vec<DecodedPage>,
     in_flight: Option<InFlight>,
+    /// An append failed: nothing more is appended or recorded. Pages waiting behind it may have
+    /// left records out as known from the failed batch (each page opens with the previous
+    /// page's last record), so recording them as read could hide those records for good.
+    failed: bool,
 }
 
 struct InFlight {
@@ -595,6 +603,11 @@ impl Appender {
         report: &mut CycleReport,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), FetchError> {
+        if self.failed {
+            return Err(FetchError::State(
+                "a page was read after an append failed".to_string(),
+            ));
+        }
         self.observations.extend(observations);
         self.pages.push(page);
         if self.observations.len() >= APPEND_RECORDS {
@@ -633,6 +646,21 @@ impl Appender {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(());
         };
+        let result = Self::finish(in_flight, sled_pages, report, bar).await;
+        if result.is_err() {
+            self.failed = true;
+            self.observations.clear();
+            self.pages.clear();
+        }
+        result
+    }
+
+    async fn finish(
+        in_flight: InFlight,
+        sled_pages: &sled::Tree,
+        report: &mut CycleReport,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(), FetchError> {
         let appended = match in_flight.task {
             Some(task) => task.await.map_err(|e| {
                 let first = in_flight.pages.first().map(|p| p.url.to_string());
@@ -677,7 +705,9 @@ impl Appender {
         Ok(())
     }
 
-    /// Lands the append in flight, then appends whatever still waits and lands that too.
+    /// Lands the append in flight, then appends whatever still waits and lands that too. After
+    /// a failed append it does nothing: the cycle is failing, and what waits is read again by
+    /// the next one.
     async fn drain(
         &mut self,
         log: &EventLog,
@@ -686,7 +716,7 @@ impl Appender {
         bar: &indicatif::ProgressBar,
     ) -> Result<(), FetchError> {
         self.land(sled_pages, report, bar).await?;
-        if !self.pages.is_empty() {
+        if !self.failed && !self.pages.is_empty() {
             self.start(log);
             self.land(sled_pages, report, bar).await?;
         }
@@ -784,7 +814,8 @@ async fn read_window(
                             .instrument(page_span.clone())
                             .await?;
                     // Later pages are decoded before these are in the log; should the append
-                    // fail, the cycle stops there, so nothing this spares decoding is used.
+                    // fail, the cycle stops there and nothing more is appended or recorded
+                    // (`Appender::failed`), so nothing this spares decoding is used.
                     for (digest, id) in records.iter().zip(&ids) {
                         if let Some(digest) = digest {
                             known.here.insert(*digest, *id);
@@ -1000,6 +1031,100 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    /// A page of `n` unparseable records (quarantined when appended).
+    fn decoded_page(index: u64, n: usize) -> (Vec<Observation>, DecodedPage) {
+        let url = url::Url::parse(&format!("http://127.0.0.1/list?skip={index}")).unwrap();
+        let observations = (0..n)
+            .map(|i| Observation {
+                source: Source {
+                    uri: url.to_string(),
+                    position: Some(i as u32),
+                    line: None,
+                },
+                payload: Payload::Unparseable {
+                    reason: "test".into(),
+                    raw: format!("record {index}/{i}").into_bytes(),
+                },
+            })
+            .collect();
+        let page = DecodedPage {
+            key: format!("2025-01-31/2025-01-01 {url}").into_bytes(),
+            url,
+            summary: PageSummary {
+                digest: [index as u8; 16],
+                total: 1000,
+                ids: vec![None; n],
+                records: vec![Some([1; 16]); n],
+            },
+            query: ListQuery {
+                field: DateField::Answered,
+                from: d("2025-01-01"),
+                to: d("2025-01-31"),
+            },
+            span: tracing::Span::none(),
+        };
+        (observations, page)
+    }
+
+    /// After a failed append the appender records no page as read and appends nothing more:
+    /// the pages behind it may have left out records as known from the failed batch.
+    #[test]
+    fn a_failed_append_stops_the_appender() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::log::StoreOptions {
+            min_free_bytes: u64::MAX / 8,
+            ..crate::log::StoreOptions::default()
+        };
+        let log = EventLog::open(dir.path(), options).unwrap();
+        let pages = log.db().open_tree(PAGES_TREE).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut report = CycleReport::default();
+        let mut appender = Appender::default();
+        runtime.block_on(async {
+            let (observations, page) = decoded_page(0, APPEND_RECORDS);
+            // Enough records: the first append starts (and will be refused).
+            appender
+                .add(&log, observations, page, &pages, &mut report, &bar)
+                .await
+                .unwrap();
+            assert!(appender.in_flight.is_some());
+            let (observations, page) = decoded_page(1, 10);
+            appender
+                .add(&log, observations, page, &pages, &mut report, &bar)
+                .await
+                .unwrap();
+            let (observations, page) = decoded_page(2, APPEND_RECORDS);
+            // Landing the first append before starting the next one: refused.
+            let error = appender
+                .add(&log, observations, page, &pages, &mut report, &bar)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, FetchError::Log(LogError::DiskFull { .. })),
+                "{error}"
+            );
+            assert!(appender.failed);
+            assert!(appender.pages.is_empty() && appender.observations.is_empty());
+            // The cycle's drain then appends and records nothing.
+            appender
+                .drain(&log, &pages, &mut report, &bar)
+                .await
+                .unwrap();
+            assert!(appender.in_flight.is_none());
+            let (observations, page) = decoded_page(3, 1);
+            assert!(appender
+                .add(&log, observations, page, &pages, &mut report, &bar)
+                .await
+                .is_err());
+        });
+        assert_eq!(pages.len(), 0);
+        assert_eq!(log.head().unwrap(), 0);
+        assert_eq!(report.appended, 0);
     }
 
     #[test]
