@@ -454,6 +454,60 @@ fn records_inserted_during_paging_are_not_skipped() {
     assert_eq!(ids, expected, "every answer exactly once");
 }
 
+/// An answer corrected while we page, after its page was read, comes back with new bytes when
+/// the window is swept again: its new text is logged then, not taken as read (which would hide
+/// it from every later cycle while the bytes stay the same).
+#[test]
+fn an_answer_changed_between_sweeps_is_logged() {
+    let questions = fixture("questions.json");
+    let server = ApiServer::start(questions.clone());
+    let template = questions[0].clone();
+    let newest = questions
+        .iter()
+        .map(|q| {
+            (
+                q["dateAnswered"].as_str().unwrap().to_string(),
+                q["id"].as_u64().unwrap(),
+            )
+        })
+        .max()
+        .unwrap()
+        .1;
+    let mut changed = false;
+    server.on_list_request(Box::new(move |records: &mut Vec<Value>, request| {
+        // On the second page request: the first page's first answer is corrected, and a new
+        // answer at the top of the list shifts it, so the window is swept again.
+        if request.param("skip") != Some("0") && !changed {
+            for record in records.iter_mut() {
+                if record["id"] == newest {
+                    record["answerText"] = json!("<p>Corrected while the list was read.</p>");
+                }
+            }
+            let mut record = template.clone();
+            record["id"] = json!(1_810_000);
+            record["uin"] = json!("99100");
+            record["questionText"] = json!("To ask a late question.");
+            record["dateAnswered"] = json!("2025-03-30T00:00:00");
+            records.push(record);
+            changed = true;
+        }
+    }));
+    let env = env("page_size = 2\nwindow_days = 90\n");
+    let r = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert!(r["sweeps_repeated"].as_u64().unwrap() >= 1, "{r}");
+    let latest = events(&env)
+        .into_iter()
+        .rfind(|e| e["event"]["record"]["api_id"] == newest)
+        .unwrap();
+    assert_eq!(
+        latest["event"]["record"]["answer_source"]["text"],
+        "<p>Corrected while the list was read.</p>",
+        "{latest}"
+    );
+    let again = report(&ok(fetch(&env, &server, &["--since", "2025-01-01"])));
+    assert_eq!(again["appended"], 0, "{again}");
+}
+
 /// Answers that disappear while we page shift the list forward: the overlap notices, and the
 /// window is read again, so nothing behind the gap is skipped.
 #[test]
