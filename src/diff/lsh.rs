@@ -281,7 +281,8 @@ impl LshIndex {
         for (band, fresh) in self.recent.iter_mut().zip(&mut self.fresh) {
             let mut add = fresh.drain();
             add.sort_unstable();
-            *band = merged(band, &add);
+            let newest = add.iter().map(|e| *e as u32).max().unwrap_or(0);
+            *band = merged(band, add.len(), add.into_iter(), newest);
         }
         self.recent_answers += self.fresh_answers;
         self.fresh_answers = 0;
@@ -290,31 +291,124 @@ impl LshIndex {
     /// The recent run into the big one (after the fresh entries into the recent run).
     fn merge_recent(&mut self) {
         for (band, recent) in self.sorted.iter_mut().zip(&mut self.recent) {
-            *band = merged(band, &std::mem::take(recent).entries());
+            let recent = std::mem::take(recent);
+            *band = merged(band, recent.len, recent.iter(), recent.max_member);
         }
         self.recent_answers = 0;
     }
 }
 
-/// `run` with `add` merged in (`add` ascending, its members newer than the run's), keeping each
-/// bucket's latest BUCKET_LIMIT members.
-fn merged(run: &SortedBand, add: &[u64]) -> SortedBand {
-    let sorted = run.entries();
-    let mut merged = Vec::with_capacity(sorted.len() + add.len());
-    let (mut i, mut j) = (0, 0);
-    while i < sorted.len() && j < add.len() {
-        if sorted[i] <= add[j] {
-            merged.push(sorted[i]);
-            i += 1;
-        } else {
-            merged.push(add[j]);
-            j += 1;
+/// `run` with `add` merged in (`add_len` entries, ascending, their members newer than the run's
+/// and at most `add_max`), keeping each bucket's latest BUCKET_LIMIT members.
+///
+/// In one pass from packed entries to packed entries: unpacking the run into a vector, merging
+/// into another and packing that (the big run's 200,000 entries a band, 32 bands, every
+/// [`RECENT_AT`] answers) was a tenth of the diff thread's time in a backfill, much of it the
+/// kernel zeroing the vectors' fresh pages.
+fn merged(
+    run: &SortedBand,
+    add_len: usize,
+    add: impl Iterator<Item = u64>,
+    add_max: u32,
+) -> SortedBand {
+    let mut out = PackedBuilder::new(run.len + add_len, run.max_member.max(add_max));
+    let mut old = run.iter().peekable();
+    let mut add = add.peekable();
+    // One bucket's merged entries, of which the latest BUCKET_LIMIT are kept.
+    let mut bucket_entries: Vec<u64> = Vec::with_capacity(BUCKET_LIMIT);
+    loop {
+        let next = match (old.peek(), add.peek()) {
+            (Some(a), Some(b)) if a <= b => old.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => add.next(),
+            (Some(_), None) => old.next(),
+            (None, None) => None,
+        };
+        let ends_bucket = match (next, bucket_entries.last()) {
+            (Some(entry), Some(last)) => entry >> 32 != last >> 32,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if ends_bucket {
+            let keep_from = bucket_entries.len().saturating_sub(BUCKET_LIMIT);
+            for entry in &bucket_entries[keep_from..] {
+                out.push(*entry);
+            }
+            bucket_entries.clear();
+        }
+        match next {
+            Some(entry) => bucket_entries.push(entry),
+            None => break,
         }
     }
-    merged.extend_from_slice(&sorted[i..]);
-    merged.extend_from_slice(&add[j..]);
-    prune(&mut merged);
-    SortedBand::new(&merged)
+    out.finish()
+}
+
+/// Packs entries given in ascending order into a [`SortedBand`], building its directory as they
+/// come.
+struct PackedBuilder {
+    packed: Vec<u8>,
+    len: usize,
+    width: usize,
+    member_bits: u32,
+    max_member: u32,
+    directory: Vec<u32>,
+    bits: u32,
+    slots: usize,
+}
+
+impl PackedBuilder {
+    /// For at most `capacity` entries (the directory's size follows it), whose members are at
+    /// most `max_member`.
+    fn new(capacity: usize, max_member: u32) -> PackedBuilder {
+        // About four entries a slot: log2(len) - 2 bits, up to 24.
+        let bits = match capacity {
+            0..=7 => 0,
+            n => (usize::BITS - 1 - n.leading_zeros() - 2).min(24),
+        };
+        let member_bits = (u32::BITS - max_member.leading_zeros()).max(1);
+        let width = ((32 - bits + member_bits) as usize).div_ceil(8);
+        let slots = 1usize << bits;
+        PackedBuilder {
+            packed: Vec::with_capacity(capacity * width + PAD),
+            len: 0,
+            width,
+            member_bits,
+            max_member,
+            directory: Vec::with_capacity(slots + 1),
+            bits,
+            slots,
+        }
+    }
+
+    /// `entry` (`bucket << 32 | member`) is not below the last one pushed.
+    fn push(&mut self, entry: u64) {
+        let slot = SortedBand::slot(entry >> 32, self.bits) as usize;
+        // Fewer entries than u32::MAX: a band holds one entry per answer at most.
+        while self.directory.len() <= slot {
+            self.directory.push(self.len as u32);
+        }
+        let value = ((entry >> 32) & SortedBand::low_mask(self.bits)) << self.member_bits
+            | (entry & 0xffff_ffff);
+        self.packed
+            .extend_from_slice(&value.to_le_bytes()[..self.width]);
+        self.len += 1;
+    }
+
+    fn finish(mut self) -> SortedBand {
+        while self.directory.len() <= self.slots {
+            self.directory.push(self.len as u32);
+        }
+        self.packed.resize(self.len * self.width + PAD, 0);
+        SortedBand {
+            packed: self.packed,
+            len: self.len,
+            width: self.width,
+            member_bits: self.member_bits,
+            max_member: self.max_member,
+            directory: self.directory,
+            bits: self.bits,
+        }
+    }
 }
 
 /// A band's merged entries, ascending by (bucket, member), packed, with a directory by the
@@ -336,6 +430,8 @@ struct SortedBand {
     len: usize,
     width: usize,
     member_bits: u32,
+    /// The newest member held (the width of the next merge's entries follows it).
+    max_member: u32,
     directory: Vec<u32>,
     /// How many top bits of a bucket the directory is indexed by.
     bits: u32,
@@ -347,40 +443,12 @@ const PAD: usize = 8;
 impl SortedBand {
     /// `entries`: `bucket << 32 | member`, ascending.
     fn new(entries: &[u64]) -> SortedBand {
-        // About four entries a slot: log2(len) - 2 bits, up to 24.
-        let bits = match entries.len() {
-            0..=7 => 0,
-            n => (usize::BITS - 1 - n.leading_zeros() - 2).min(24),
-        };
-        let max_member = entries.iter().map(|e| *e & 0xffff_ffff).max().unwrap_or(0);
-        let member_bits = (u64::BITS - max_member.leading_zeros()).max(1);
-        let width = ((32 - bits + member_bits) as usize).div_ceil(8);
-        let slots = 1usize << bits;
-        let mut directory = Vec::with_capacity(slots + 1);
-        // Fewer entries than u32::MAX: a band holds one entry per answer at most.
-        let mut at = 0usize;
-        for slot in 0..slots as u64 {
-            while at < entries.len() && Self::slot(entries[at] >> 32, bits) < slot {
-                at += 1;
-            }
-            directory.push(at as u32);
-        }
-        directory.push(entries.len() as u32);
-        let low_mask = Self::low_mask(bits);
-        let mut packed = Vec::with_capacity(entries.len() * width + PAD);
+        let max_member = entries.iter().map(|e| *e as u32).max().unwrap_or(0);
+        let mut builder = PackedBuilder::new(entries.len(), max_member);
         for entry in entries {
-            let value = ((entry >> 32) & low_mask) << member_bits | (entry & 0xffff_ffff);
-            packed.extend_from_slice(&value.to_le_bytes()[..width]);
+            builder.push(*entry);
         }
-        packed.resize(entries.len() * width + PAD, 0);
-        SortedBand {
-            packed,
-            len: entries.len(),
-            width,
-            member_bits,
-            directory,
-            bits,
-        }
+        builder.finish()
     }
 
     fn slot(bucket: u64, bits: u32) -> u64 {
@@ -439,12 +507,21 @@ impl SortedBand {
     }
 
     /// Every entry as `bucket << 32 | member`, ascending.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let len = self.len;
+        self.directory
+            .windows(2)
+            .enumerate()
+            .flat_map(move |(slot, bounds)| {
+                (bounds[0] as usize..(bounds[1] as usize).min(len))
+                    .map(move |i| self.unpack(slot, i))
+            })
+    }
+
+    /// Every entry as `bucket << 32 | member`, ascending.
+    #[cfg(test)]
     fn entries(&self) -> Vec<u64> {
-        let mut out = Vec::with_capacity(self.len);
-        for (slot, bounds) in self.directory.windows(2).enumerate() {
-            out.extend((bounds[0] as usize..bounds[1] as usize).map(|i| self.unpack(slot, i)));
-        }
-        out
+        self.iter().collect()
     }
 
     /// The entries of one bucket, as `bucket << 32 | member`, ascending.
