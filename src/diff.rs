@@ -538,7 +538,7 @@ fn analyse(
 
     // Duplicates, exact then near.
     let normalised = normalise_text(&text).to_lowercase();
-    let words: Vec<&str> = normalised.split(' ').filter(|w| !w.is_empty()).collect();
+    let words = words_of(&normalised);
     if !is_holding && words.len() >= settings.min_words {
         duplicates(
             log,
@@ -627,6 +627,26 @@ fn tracked_set(tracker: &Tracker, record: &AnswerRecord) -> Option<Vec<(String, 
         }
     }
     (!set.is_empty()).then(|| set.into_iter().collect())
+}
+
+/// The words of a normalised text (split at spaces). A byte loop: `split(' ')` looked for each
+/// space with `memchr`, whose setup costs more than a word of five letters, and the split was
+/// a twentieth of the diff thread's time in a backfill.
+fn words_of(normalised: &str) -> Vec<&str> {
+    let mut words = Vec::with_capacity(normalised.len() / 5);
+    let mut start = 0;
+    for (at, byte) in normalised.bytes().enumerate() {
+        if byte == b' ' {
+            if let Some(word) = normalised.get(start..at).filter(|w| !w.is_empty()) {
+                words.push(word);
+            }
+            start = at + 1;
+        }
+    }
+    if let Some(word) = normalised.get(start..).filter(|w| !w.is_empty()) {
+        words.push(word);
+    }
+    words
 }
 
 /// Sentences: split after `.`, `!` or `?` followed by whitespace, and at line breaks.
@@ -1224,6 +1244,21 @@ mod tests {
             found as f64 >= 0.97 * at_threshold as f64,
             "{found} of {at_threshold} pairs at ratio >= 0.9 became candidates"
         );
+    }
+
+    #[test]
+    fn words_are_split_at_spaces_as_split_gives_them() {
+        for text in [
+            "",
+            " ",
+            "one",
+            "one two",
+            "  one  two ",
+            "caf\u{e9} na\u{ef}ve  \u{2014} x",
+        ] {
+            let expected: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+            assert_eq!(words_of(text), expected, "{text:?}");
+        }
     }
 
     #[test]
