@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use crate::event::{Envelope, Event, Observation, Payload, QuestionKey, SCHEMA_VERSION};
 
-mod question_filter;
+mod key_filter;
 mod segments;
-use question_filter::QuestionFilter;
+use key_filter::KeyFilter;
 use segments::{batch_key, push_record, BatchEntry, Segments, SEGMENT_BYTES};
 
 const EVENT_PREFIX: u8 = b'E';
@@ -275,8 +275,11 @@ struct Writer {
     /// Where the log ends, as of this process's last append (`None`: not known, read from the
     /// tree).
     tail: Option<Tail>,
-    /// Which questions the index may hold.
-    questions: QuestionFilter,
+    /// Which questions the `Q` index may hold.
+    questions: KeyFilter,
+    /// Which identities the `I` index may hold (records without a question: flags, alerts'
+    /// deliveries, quarantined records).
+    identities: KeyFilter,
 }
 
 /// Where the log ends: its head, and the end of the last committed record.
@@ -644,7 +647,7 @@ impl EventLog {
                         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                         std::collections::hash_map::Entry::Vacant(entry) => {
                             if writing.questions.wants_build() {
-                                self.build_question_filter(&mut writing.questions, head)?;
+                                self.build_filter(&mut writing.questions, QUESTION_PREFIX, head)?;
                             }
                             let stored = if writing.questions.may_hold(question.0.as_bytes()) {
                                 self.question_contents(&question)?
@@ -667,10 +670,18 @@ impl EventLog {
                     let identity = identity_key(&question, &hash);
                     let known = match identities.get(&identity) {
                         Some(seq) => Some(*seq),
-                        None => self
-                            .tree
-                            .get(&identity)?
-                            .map(|v| decode_u64(&v).unwrap_or(0)),
+                        None => {
+                            if writing.identities.wants_build() {
+                                self.build_filter(&mut writing.identities, IDENTITY_PREFIX, head)?;
+                            }
+                            if writing.identities.may_hold(&identity[1..]) {
+                                self.tree
+                                    .get(&identity)?
+                                    .map(|v| decode_u64(&v).unwrap_or(0))
+                            } else {
+                                None
+                            }
+                        }
                     };
                     if let Some(seq) = known {
                         report.outcomes.push(Appended::Known { seq });
@@ -709,6 +720,11 @@ impl EventLog {
             }
             report.outcomes.push(Appended::New { seq, kind, revises });
             next += 1;
+        }
+        // After the loop, which may have built the filter from the tree without this batch's
+        // keys; before the batch is applied: should it fail, a false positive, never a miss.
+        for identity in identities.keys() {
+            writing.identities.insert(&identity[1..]);
         }
         for (question, (contents, changed)) in questions {
             if changed {
@@ -989,18 +1005,14 @@ impl EventLog {
         }
     }
 
-    /// Builds the writer's question filter from every question in the index (under the writer
-    /// mutex, so no append adds one meanwhile).
-    fn build_question_filter(
-        &self,
-        filter: &mut QuestionFilter,
-        head: u64,
-    ) -> Result<(), LogError> {
+    /// Builds one of the writer's filters from every key of the index under `prefix` (under
+    /// the writer mutex, so no append adds one meanwhile).
+    fn build_filter(&self, filter: &mut KeyFilter, prefix: u8, head: u64) -> Result<(), LogError> {
         let started = std::time::Instant::now();
-        // A question's first content is an event: no more questions than events.
+        // Each key was written with an event: no more keys than events.
         filter.start(usize::try_from(head).unwrap_or(usize::MAX));
-        let mut questions = 0u64;
-        for entry in self.tree.scan_prefix([QUESTION_PREFIX]) {
+        let mut keys = 0u64;
+        for entry in self.tree.scan_prefix([prefix]) {
             match entry {
                 Ok((key, _)) => filter.add(&key[1..]),
                 Err(e) => {
@@ -1008,12 +1020,13 @@ impl EventLog {
                     return Err(e.into());
                 }
             }
-            questions += 1;
+            keys += 1;
         }
         tracing::debug!(
-            questions,
+            index = %char::from(prefix),
+            keys,
             took_ms = started.elapsed().as_millis() as u64,
-            "log: question filter built"
+            "log: index filter built"
         );
         Ok(())
     }
@@ -1126,6 +1139,7 @@ impl EventLog {
         let mut writing = lock_writer(&writer);
         writing.tail = None;
         writing.questions.reset();
+        writing.identities.reset();
         let mut tail = self.tail()?;
         if tail.head != 0 {
             return Err(LogError::Corrupt {

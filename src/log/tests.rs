@@ -1071,7 +1071,7 @@ fn events_stored_in_the_tree_by_older_versions_read_and_are_followed_by_segments
     );
 }
 
-/// Once the writer's question filter is built (after a few lookups in tests), an answer to a
+/// Once the writer's question filter (`key_filter`) is built (after a few lookups in tests), an answer to a
 /// question it holds is still looked up: known content is known, changed content a revision.
 #[test]
 fn questions_indexed_before_the_filter_are_never_taken_for_new() {
@@ -1102,6 +1102,31 @@ fn questions_indexed_before_the_filter_are_never_taken_for_new() {
             revises: true
         }]
     );
+    assert!(log.verify().unwrap().first_bad.is_none());
+}
+
+/// Likewise the identity filter, for records without a question (quarantined records here;
+/// flags and alerts' deliveries go the same way): once it is built, a record the index held
+/// before is still looked up and known, and one appended since is known too.
+#[test]
+fn identities_indexed_before_the_filter_are_never_taken_for_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    let garbage = |i: usize| broken(format!("unreadable record {i}").as_bytes());
+    let first: Vec<Observation> = (0..20).map(garbage).collect();
+    assert_eq!(log.append(first.clone(), NOW).unwrap().appended(), 20);
+    drop(log);
+    let mut log = open(dir.path());
+    assert!(!lock_writer(&log.writer).identities.is_built());
+    let new: Vec<Observation> = (20..25).map(garbage).collect();
+    assert_eq!(log.append(new.clone(), NOW).unwrap().appended(), 5);
+    assert!(lock_writer(&log.writer).identities.is_built());
+    let again = log
+        .append(first.into_iter().chain(new).collect(), NOW)
+        .unwrap();
+    assert_eq!((again.known(), again.appended()), (25, 0));
+    assert_eq!(log.append(vec![garbage(99)], NOW).unwrap().appended(), 1);
+    assert_eq!(log.head().unwrap(), 26);
     assert!(log.verify().unwrap().first_bad.is_none());
 }
 

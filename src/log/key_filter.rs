@@ -1,76 +1,77 @@
-//! Which questions the log's `Q` index may hold: a Bloom filter the writer keeps once a process
-//! has looked up enough questions, so that an answer to a question never seen before is known
-//! to be new without a read.
+//! Which keys of the log's `Q` and `I` indexes may be present: a Bloom filter per index, which
+//! the writer keeps once a process has looked up enough keys, so that an answer to a question
+//! never seen before, or a flag never raised before, is known to be new without a read.
 //!
-//! In: question keys, as an append looks them up and as it indexes them. Out: "certainly not
-//! indexed" or "may be indexed" (then the index is read, as without the filter).
+//! In: index keys (without their prefix byte), as an append looks them up and as it writes them.
+//! Out: "certainly not in the index" or "may be" (then the index is read, as without the filter).
 //!
-//! Why: every answer appended reads its question's index entry first, and sled 0.34 makes each
+//! Why: every answer appended reads its question's index entry first, every other record (a
+//! flag, an alert's delivery, a quarantined record) its identity's, and sled 0.34 makes each
 //! read wait while any thread applies a batch (one process-wide lock). In a 200,000-answer
-//! backfill the fetching thread waited about 3 s on those reads, nearly all of them for
-//! questions the log had never seen, while the views and the diff module applied theirs.
+//! backfill the fetching thread waited about 3 s on the question reads, nearly all of them for
+//! questions the log had never seen, while the views and the diff module applied theirs; the
+//! identity reads of the diff module's 60,000 flags were a twentieth of its thread's time.
 //!
-//! The filter holds every question with an index entry: it is built from a scan of the `Q` keys
-//! under the writer mutex, and every question an append indexes is added before the append is
-//! applied, so an append that then fails leaves only a false positive (a read). It lives as long
-//! as the open log; a copy into the log drops it.
+//! A filter holds every key of its index: it is built from a scan of the index's keys under the
+//! writer mutex, and every key an append writes is added before the append is applied, so an
+//! append that then fails leaves only a false positive (a read). It lives as long as the open
+//! log; a copy into the log drops it.
 
 use xxhash_rust::xxh3::xxh3_128;
 
-/// Lookups of questions before the filter is built: an idle cycle or an append of a few answers
-/// reads the index as before, and only a backfill pays for the scan (about 0.2 s at 200,000
-/// questions). Small in unit tests, so that their appends go through the filter.
+/// Lookups before the filter is built: an idle cycle or an append of a few answers reads the
+/// index as before, and only a backfill pays for the scan (about 0.2 s at 200,000 questions). Small in unit tests, so that their appends go through the filter.
 #[cfg(not(test))]
 const BUILD_AFTER: u64 = 2_000;
 #[cfg(test)]
 const BUILD_AFTER: u64 = 3;
-/// Bits a question, at least, when the filter is built: about 0.3% false positives with
-/// [`PROBES`] probes. Once the questions added bring it under [`MIN_BITS_PER_KEY`], it is built
+/// Bits a key, at least, when the filter is built: about 0.3% false positives with
+/// [`PROBES`] probes. Once the keys added bring it under [`MIN_BITS_PER_KEY`], it is built
 /// again, larger.
 const BITS_PER_KEY: usize = 16;
 const MIN_BITS_PER_KEY: usize = 10;
 const PROBES: u32 = 6;
-/// The smallest filter: 128 KiB, a backfill's first 65,536 questions.
+/// The smallest filter: 128 KiB, a backfill's first 65,536 keys.
 const MIN_BITS: usize = 1 << 20;
 
 #[derive(Debug, Default)]
-pub(super) struct QuestionFilter {
+pub(super) struct KeyFilter {
     lookups: u64,
     bloom: Option<Bloom>,
 }
 
-impl QuestionFilter {
-    /// Counts a lookup; true when the filter should be built ([`QuestionFilter::start`]) before
+impl KeyFilter {
+    /// Counts a lookup; true when the filter should be built ([`KeyFilter::start`]) before
     /// answering it.
     pub fn wants_build(&mut self) -> bool {
         self.lookups = self.lookups.saturating_add(1);
         self.bloom.is_none() && self.lookups >= BUILD_AFTER
     }
 
-    /// Starts the filter for about `expected` questions; every question the index holds is
-    /// then [`QuestionFilter::add`]ed.
+    /// Starts the filter for about `expected` keys; every key the index holds is then
+    /// [`KeyFilter::add`]ed.
     pub fn start(&mut self, expected: usize) {
         self.bloom = Some(Bloom::for_keys(expected));
     }
 
-    /// A question the index holds, while building.
-    pub fn add(&mut self, question: &[u8]) {
+    /// A key the index holds, while building.
+    pub fn add(&mut self, key: &[u8]) {
         if let Some(bloom) = &mut self.bloom {
-            bloom.insert(question);
+            bloom.insert(key);
         }
     }
 
-    /// False when `question` certainly has no index entry; true when it may (or no filter).
-    pub fn may_hold(&self, question: &[u8]) -> bool {
-        self.bloom.as_ref().is_none_or(|b| b.may_contain(question))
+    /// False when `key` is certainly not in the index; true when it may be (or no filter).
+    pub fn may_hold(&self, key: &[u8]) -> bool {
+        self.bloom.as_ref().is_none_or(|b| b.may_contain(key))
     }
 
-    /// A question about to be indexed.
-    pub fn insert(&mut self, question: &[u8]) {
+    /// A key about to be written to the index.
+    pub fn insert(&mut self, key: &[u8]) {
         let Some(bloom) = &mut self.bloom else {
             return;
         };
-        bloom.insert(question);
+        bloom.insert(key);
         if bloom.items.saturating_mul(MIN_BITS_PER_KEY) > bloom.bits.len() * 64 {
             // Too full to be worth its probes: built again, larger, at the next lookup.
             self.bloom = None;
@@ -80,7 +81,7 @@ impl QuestionFilter {
 
     /// Forgets the filter (the index changed other than through appends).
     pub fn reset(&mut self) {
-        *self = QuestionFilter::default();
+        *self = KeyFilter::default();
     }
 
     #[cfg(test)]
@@ -141,7 +142,7 @@ mod tests {
 
     #[test]
     fn no_question_indexed_is_ever_missed_and_few_others_are_read() {
-        let mut filter = QuestionFilter::default();
+        let mut filter = KeyFilter::default();
         assert!(
             filter.may_hold(b"anything"),
             "no filter: every question is read"
@@ -179,7 +180,7 @@ mod tests {
 
     #[test]
     fn the_filter_is_built_only_after_enough_lookups() {
-        let mut filter = QuestionFilter::default();
+        let mut filter = KeyFilter::default();
         let wanted: Vec<bool> = (0..BUILD_AFTER).map(|_| filter.wants_build()).collect();
         assert_eq!(wanted.iter().filter(|w| **w).count(), 1);
         assert!(wanted[BUILD_AFTER as usize - 1]);
