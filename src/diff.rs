@@ -285,16 +285,17 @@ impl<'s> DiffConsumer<'s> {
     /// after a crash between the two the batch is analysed again, and appending the same flags
     /// again appends nothing).
     pub fn commit(&mut self, log: &mut EventLog) -> Result<(), DiffError> {
-        self.commit_then(log, || {})
+        self.commit_then(log, |_| {})
     }
 
-    /// [`DiffConsumer::commit`], calling `flags_in` once the flags are in the log (or there were
-    /// none), before the state is written: a follower lets the appends it holds back go on
-    /// there, since only the flags' place in the log depends on when they go.
+    /// [`DiffConsumer::commit`], calling `flags_in` with the flags' new events once they are in
+    /// the log (none when there were none, or all were there already), before the state is
+    /// written: a follower lets the appends it holds back go on there, since only the flags'
+    /// place in the log depends on when they go, and hands the events to the views.
     pub fn commit_then(
         &mut self,
         log: &mut EventLog,
-        flags_in: impl FnOnce(),
+        flags_in: impl FnOnce(Vec<Envelope>),
     ) -> Result<(), DiffError> {
         let result = self.commit_inner(log, flags_in);
         if result.is_err() {
@@ -353,14 +354,16 @@ impl<'s> DiffConsumer<'s> {
     fn commit_inner(
         &mut self,
         log: &mut EventLog,
-        flags_in: impl FnOnce(),
+        flags_in: impl FnOnce(Vec<Envelope>),
     ) -> Result<(), DiffError> {
         let Some(prepared) = self.prepared.take() else {
-            flags_in();
+            flags_in(Vec::new());
             return Ok(());
         };
+        let mut written = Vec::new();
         if !prepared.flags.is_empty() {
-            let appended = log.append(
+            let appended;
+            (appended, written) = log.append_returning(
                 flag_observations(&prepared.flags),
                 &crate::ingest::now_rfc3339(),
             )?;
@@ -370,7 +373,7 @@ impl<'s> DiffConsumer<'s> {
                 .filter(|o| matches!(o, Appended::New { .. }))
                 .count() as u64;
         }
-        flags_in();
+        flags_in(written);
         self.commit_state(prepared)
     }
 

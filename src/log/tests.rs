@@ -1105,6 +1105,29 @@ fn questions_indexed_before_the_filter_are_never_taken_for_new() {
     assert!(log.verify().unwrap().first_bad.is_none());
 }
 
+/// The acknowledged head is the log's head until this process appends, then the last event of
+/// its latest append to have returned, whichever handle made it.
+#[test]
+fn the_acknowledged_head_follows_the_appends_that_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    assert_eq!(log.acknowledged_head().unwrap(), 0);
+    log.append(vec![answer("Q1", "A1"), answer("Q2", "A2")], NOW)
+        .unwrap();
+    drop(log);
+    let mut log = open(dir.path());
+    assert_eq!(
+        log.acknowledged_head().unwrap(),
+        2,
+        "the head, before any append"
+    );
+    let mut clone = log.clone();
+    clone.append(vec![answer("Q3", "A3")], NOW).unwrap();
+    assert_eq!(log.acknowledged_head().unwrap(), 3);
+    log.append(vec![answer("Q3", "A3")], NOW).unwrap();
+    assert_eq!(log.acknowledged_head().unwrap(), 3, "nothing new appended");
+}
+
 /// Likewise the identity filter, for records without a question (quarantined records here;
 /// flags and alerts' deliveries go the same way): once it is built, a record the index held
 /// before is still looked up and known, and one appended since is known too.
