@@ -547,19 +547,17 @@ fn topic_matches_with(
         .any(|k| text.contains_word(&k.to_lowercase()))
 }
 
-/// A record's question and answer text, lower-cased, for keywords: with the words it holds
-/// (runs of letters and digits) in a one-hash Bloom filter. Every word of a keyword found at
-/// word boundaries is a whole word of the text, so a keyword with a word the filter lacks is
-/// not there: most keywords are settled without searching the text (a bit another word set
-/// only costs that search).
+/// A record's question and answer text, lower-cased, for keywords.
+///
+/// Searched a keyword at a time with `memchr::memmem` (vectorised). It used to carry a Bloom
+/// filter of the text's words, so that most keywords were settled without `str::find`; building
+/// the filter, a byte at a time over every answer, became a tenth of the views' thread's time
+/// in a backfill, more than the searches it saved once they were vectorised.
 pub struct SearchText {
     text: String,
-    words: [u64; SearchText::FILTER_WORDS],
 }
 
 impl SearchText {
-    const FILTER_WORDS: usize = 64;
-
     pub fn of(record: &AnswerRecord) -> SearchText {
         SearchText::new(
             format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase(),
@@ -568,85 +566,32 @@ impl SearchText {
 
     /// `text` already lower-cased.
     pub fn new(text: String) -> SearchText {
-        let mut words = [0u64; SearchText::FILTER_WORDS];
-        for_each_word(&text, |word| {
-            let bit = SearchText::bit(word);
-            words[bit / 64] |= 1 << (bit % 64);
-        });
-        SearchText { text, words }
-    }
-
-    /// The word's bit in the filter: FNV-1a, mixed (the filter lives only as long as the value,
-    /// so the hash is free to change).
-    fn bit(word: &[u8]) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in word {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= h >> 29;
-        (h % (64 * SearchText::FILTER_WORDS as u64)) as usize
+        SearchText { text }
     }
 
     /// [`contains_word`] on the text, for a lower-cased `keyword`.
     pub fn contains_word(&self, keyword: &str) -> bool {
-        let mut may_hold = true;
-        for_each_word(keyword, |word| {
-            let bit = SearchText::bit(word);
-            may_hold &= self.words[bit / 64] & (1 << (bit % 64)) != 0;
-        });
-        may_hold && contains_word(&self.text, keyword)
+        contains_word(&self.text, keyword)
     }
 }
 
-/// Calls `each` with the runs of letters and digits of `text`: what [`contains_word`] takes as
-/// word boundaries (`char::is_alphanumeric`). ASCII is classified a byte at a time, without
-/// decoding: building the filter was a tenth of the views' time in a backfill.
-fn for_each_word<'t>(text: &'t str, mut each: impl FnMut(&'t [u8])) {
-    let bytes = text.as_bytes();
-    let mut start = None;
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        let (in_word, len) = if byte.is_ascii() {
-            (byte.is_ascii_alphanumeric(), 1)
-        } else {
-            match text.get(at..).and_then(|rest| rest.chars().next()) {
-                Some(c) => (c.is_alphanumeric(), c.len_utf8()),
-                None => (false, 1),
-            }
-        };
-        match (in_word, start) {
-            (true, None) => start = Some(at),
-            (false, Some(from)) => {
-                each(&bytes[from..at]);
-                start = None;
-            }
-            _ => {}
-        }
-        at += len;
-    }
-    if let Some(from) = start {
-        each(&bytes[from..]);
-    }
-}
-
+/// Whether `word` occurs in `text` with no letter or digit (`char::is_alphanumeric`) either
+/// side. Occurrences are tried leftmost first, each search going on after the last one.
 pub fn contains_word(text: &str, word: &str) -> bool {
     if word.is_empty() {
         return false;
     }
     let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
-    let mut from = 0;
-    while let Some(at) = text[from..].find(word) {
-        let start = from + at;
+    // A match of a whole UTF-8 string in another starts and ends at character boundaries.
+    memchr::memmem::find_iter(text.as_bytes(), word.as_bytes()).any(|start| {
         let end = start + word.len();
-        if boundary(text[..start].chars().next_back()) && boundary(text[end..].chars().next()) {
-            return true;
+        match (text.get(..start), text.get(end..)) {
+            (Some(before), Some(after)) => {
+                boundary(before.chars().next_back()) && boundary(after.chars().next())
+            }
+            _ => false,
         }
-        from = start + word.len().max(1);
-        while from < text.len() && !text.is_char_boundary(from) {
-            from += 1;
-        }
-    }
-    false
+    })
 }
 
 /// Read access to the views, for the CLI.
