@@ -399,6 +399,10 @@ impl PackedBuilder {
             self.directory.push(self.len as u32);
         }
         self.packed.resize(self.len * self.width + PAD, 0);
+        // Sized before pruning: a band whose buckets overflowed would keep the room.
+        if self.packed.capacity() - self.packed.len() > self.packed.len() / 8 {
+            self.packed.shrink_to_fit();
+        }
         SortedBand {
             packed: self.packed,
             len: self.len,
