@@ -564,6 +564,8 @@ struct Held {
     unseen: usize,
     /// No more appends: the views' thread derives what is left and ends.
     stopped: bool,
+    /// Events of `from..=upto` ranges not held here, read back from the log instead.
+    read_back: u64,
 }
 
 /// New events that wake the views' thread before its next look (about five pages of a fetch).
@@ -667,6 +669,7 @@ impl RecentAppends {
             })
             .sum();
         if read > 0 {
+            self.lock().read_back += read as u64;
             tracing::debug!(
                 from,
                 upto,

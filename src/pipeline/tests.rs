@@ -488,3 +488,50 @@ fn the_views_thread_reads_past_a_gap_in_the_log() {
         (total - RECENT_EVENTS - 9) as u64
     );
 }
+
+/// While following, the views' thread is handed every event but those the log held before: the
+/// appends, and the diff module's flags (handed over before the next append goes). Without the
+/// flags handed over, 159 of 199 were read back. A look at the log between an append's return
+/// and its hand-over can still read that one append back, so the bound is loose. (Following only
+/// up to the acknowledged head matters when flushes are slow: 56,000 events read back in a
+/// 200,000-answer backfill without it, none with it; here the flushes are too quick to tell.)
+/// The views end as a rebuild gives them.
+#[test]
+fn the_views_are_handed_the_flags_and_the_appends_that_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::open(dir.path(), StoreOptions::default()).unwrap();
+    let config = Config::defaults().unwrap();
+    let follower = Follower::start_grouped(&mut log, &config, 1);
+    let mut recent = None;
+    let mut question = 0;
+    for batch in 0..40 {
+        // Three texts over and over: every answer after the first three is a duplicate.
+        let answers: Vec<Observation> = (0..5)
+            .map(|_| {
+                question += 1;
+                answer(question, question % 3)
+            })
+            .collect();
+        log.append(answers, "2026-11-29T00:00:00Z").unwrap();
+        if let Following::Running(threads) = &*follower.gate.lock() {
+            recent.get_or_insert_with(|| Arc::clone(&threads.recent));
+        }
+        if batch % 4 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let recent = recent.expect("the first append started the threads");
+    let report = follower.finish().unwrap();
+    let head = log.head().unwrap();
+    assert!(report.diff.flags_raised >= 150, "{report:?}");
+    assert_eq!(report.project.checkpoint, head);
+    let read_back = recent.lock().read_back;
+    assert!(
+        read_back * 4 < report.diff.flags_raised,
+        "{read_back} events read back from the log, {} flags raised",
+        report.diff.flags_raised
+    );
+    let incremental = project::digest(&log).unwrap();
+    let (_, rebuilt, _) = project::rebuild(&log, &config.topics).unwrap();
+    assert_eq!(incremental, rebuilt);
+}
