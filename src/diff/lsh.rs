@@ -346,13 +346,8 @@ fn merged(
 /// Packs entries given in ascending order into a [`SortedBand`], building its directory as they
 /// come.
 struct PackedBuilder {
-    packed: Vec<u8>,
-    len: usize,
-    width: usize,
-    member_bits: u32,
-    max_member: u32,
-    directory: Vec<u32>,
-    bits: u32,
+    /// The band so far: its directory covers the slots up to the last entry's.
+    band: SortedBand,
     slots: usize,
 }
 
@@ -369,49 +364,45 @@ impl PackedBuilder {
         let width = ((32 - bits + member_bits) as usize).div_ceil(8);
         let slots = 1usize << bits;
         PackedBuilder {
-            packed: Vec::with_capacity(capacity * width + PAD),
-            len: 0,
-            width,
-            member_bits,
-            max_member,
-            directory: Vec::with_capacity(slots + 1),
-            bits,
+            band: SortedBand {
+                packed: Vec::with_capacity(capacity * width + PAD),
+                len: 0,
+                width,
+                member_bits,
+                max_member,
+                directory: Vec::with_capacity(slots + 1),
+                bits,
+            },
             slots,
         }
     }
 
     /// `entry` (`bucket << 32 | member`) is not below the last one pushed.
     fn push(&mut self, entry: u64) {
-        let slot = SortedBand::slot(entry >> 32, self.bits) as usize;
+        let band = &mut self.band;
+        let slot = SortedBand::slot(entry >> 32, band.bits) as usize;
         // Fewer entries than u32::MAX: a band holds one entry per answer at most.
-        while self.directory.len() <= slot {
-            self.directory.push(self.len as u32);
+        while band.directory.len() <= slot {
+            band.directory.push(band.len as u32);
         }
-        let value = ((entry >> 32) & SortedBand::low_mask(self.bits)) << self.member_bits
+        let value = ((entry >> 32) & SortedBand::low_mask(band.bits)) << band.member_bits
             | (entry & 0xffff_ffff);
-        self.packed
-            .extend_from_slice(&value.to_le_bytes()[..self.width]);
-        self.len += 1;
+        band.packed
+            .extend_from_slice(&value.to_le_bytes()[..band.width]);
+        band.len += 1;
     }
 
-    fn finish(mut self) -> SortedBand {
-        while self.directory.len() <= self.slots {
-            self.directory.push(self.len as u32);
+    fn finish(self) -> SortedBand {
+        let mut band = self.band;
+        while band.directory.len() <= self.slots {
+            band.directory.push(band.len as u32);
         }
-        self.packed.resize(self.len * self.width + PAD, 0);
+        band.packed.resize(band.len * band.width + PAD, 0);
         // Sized before pruning: a band whose buckets overflowed would keep the room.
-        if self.packed.capacity() - self.packed.len() > self.packed.len() / 8 {
-            self.packed.shrink_to_fit();
+        if band.packed.capacity() - band.packed.len() > band.packed.len() / 8 {
+            band.packed.shrink_to_fit();
         }
-        SortedBand {
-            packed: self.packed,
-            len: self.len,
-            width: self.width,
-            member_bits: self.member_bits,
-            max_member: self.max_member,
-            directory: self.directory,
-            bits: self.bits,
-        }
+        band
     }
 }
 
