@@ -360,10 +360,10 @@ impl<'s> DiffConsumer<'s> {
             flags_in(Vec::new());
             return Ok(());
         };
-        let mut written = Vec::new();
-        if !prepared.flags.is_empty() {
-            let appended;
-            (appended, written) = log.append_returning(
+        if prepared.flags.is_empty() {
+            flags_in(Vec::new());
+        } else {
+            let (appended, written) = log.append_returning(
                 flag_observations(&prepared.flags),
                 &crate::ingest::now_rfc3339(),
             )?;
@@ -372,8 +372,8 @@ impl<'s> DiffConsumer<'s> {
                 .iter()
                 .filter(|o| matches!(o, Appended::New { .. }))
                 .count() as u64;
+            flags_in(written);
         }
-        flags_in(written);
         self.commit_state(prepared)
     }
 

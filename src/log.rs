@@ -616,16 +616,7 @@ impl EventLog {
         observations: Vec<Observation>,
         recorded_at: &str,
     ) -> Result<(AppendReport, Vec<Envelope>), LogError> {
-        let gate = self.gate.clone();
-        if let Some(gate) = &gate {
-            gate.before_append();
-        }
-        let mut written = Vec::new();
-        let report = self.append_batch(observations, recorded_at, Some(&mut written))?;
-        if let Some(gate) = gate.filter(|_| !written.is_empty()) {
-            gate.appended(written.clone());
-        }
-        Ok((report, written))
+        self.append_through_gate(observations, recorded_at, true)
     }
 
     /// Appends the observations that are not already in the log, atomically, and returns only
@@ -635,16 +626,36 @@ impl EventLog {
         observations: Vec<Observation>,
         recorded_at: &str,
     ) -> Result<AppendReport, LogError> {
-        let Some(gate) = self.gate.clone() else {
-            return self.append_batch(observations, recorded_at, None);
-        };
-        gate.before_append();
+        self.append_through_gate(observations, recorded_at, false)
+            .map(|(report, _)| report)
+    }
+
+    /// The append, waited for and handed to this handle's gate if it has one; the new envelopes
+    /// are also returned when `keep` (otherwise none are).
+    fn append_through_gate(
+        &mut self,
+        observations: Vec<Observation>,
+        recorded_at: &str,
+        keep: bool,
+    ) -> Result<(AppendReport, Vec<Envelope>), LogError> {
+        let gate = self.gate.clone();
+        if gate.is_none() && !keep {
+            let report = self.append_batch(observations, recorded_at, None)?;
+            return Ok((report, Vec::new()));
+        }
+        if let Some(gate) = &gate {
+            gate.before_append();
+        }
         let mut written = Vec::new();
         let report = self.append_batch(observations, recorded_at, Some(&mut written))?;
-        if !written.is_empty() {
-            gate.appended(written);
+        if let Some(gate) = gate.filter(|_| !written.is_empty()) {
+            gate.appended(if keep {
+                written.clone()
+            } else {
+                std::mem::take(&mut written)
+            });
         }
-        Ok(report)
+        Ok((report, written))
     }
 
     /// `written`, when given, receives the new envelopes once they are on disk.
