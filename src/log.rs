@@ -489,6 +489,7 @@ impl EventLog {
             }
         };
         let needed = self.min_free_bytes.saturating_add(bytes);
+        tracing::debug!(dir = %self.dir.display(), available, needed, "free space");
         if available < needed {
             return Err(LogError::DiskFull {
                 dir: self.dir.clone(),
