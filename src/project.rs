@@ -559,9 +559,12 @@ pub struct SearchText {
 
 impl SearchText {
     pub fn of(record: &AnswerRecord) -> SearchText {
-        SearchText::new(
-            format!("{}\n{}", record.question_text, record.answer.plain_text()).to_lowercase(),
-        )
+        let mut text =
+            String::with_capacity(record.question_text.len() + 1 + record.answer_source.text.len());
+        text.push_str(&record.question_text);
+        text.push('\n');
+        record.answer.write_plain_text(&mut text);
+        SearchText::new(crate::text::into_lowercase(text))
     }
 
     /// `text` already lower-cased.

@@ -1,6 +1,7 @@
 //! Whitespace collapsing, shared by the HTML parser (paragraph and cell text) and the content
 //! hash (normalised text): text in, its pieces out with every whitespace run as one space and
-//! the ends trimmed, in one pass that hands on text already in that form as it is.
+//! the ends trimmed, in one pass that hands on text already in that form as it is. Also the
+//! lower-casing that the diff module and the views' keyword search apply to such text.
 
 /// Hands `sink` the text of `s` with each character mapped by `map`, every run of (mapped)
 /// whitespace as one space, and none at either end, in pieces. A lone ASCII space between two
@@ -120,6 +121,17 @@ pub fn collapse_whitespace(s: &str) -> String {
     out
 }
 
+/// `s` lower-cased, as `str::to_lowercase` does it; in place when it is ASCII (as nearly every
+/// answer is), without a second string.
+pub fn into_lowercase(mut s: String) -> String {
+    if s.is_ascii() {
+        s.make_ascii_lowercase();
+        s
+    } else {
+        s.to_lowercase()
+    }
+}
+
 /// ASCII bytes that are not whitespace: kept as they are, whatever surrounds them.
 const PLAIN: [bool; 256] = {
     let mut table = [false; 256];
@@ -135,6 +147,21 @@ const PLAIN: [bool; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn into_lowercase_is_to_lowercase() {
+        for s in [
+            "",
+            "Gwent Police",
+            "ÉCOLE",
+            "İstanbul",
+            "ΣΑΣ",
+            "MIXED ascii Then Ünicode",
+            "123 £",
+        ] {
+            assert_eq!(into_lowercase(s.to_string()), s.to_lowercase(), "{s:?}");
+        }
+    }
 
     fn reference(s: &str) -> String {
         s.split_whitespace().collect::<Vec<_>>().join(" ")
