@@ -176,8 +176,8 @@ impl LshIndex {
     /// answers to the question tagged `own`: (seq, votes), ascending by seq.
     pub fn candidates(&self, buckets: &Buckets, own: u64) -> Vec<(u64, usize)> {
         // Each band's lookup is a cache miss or two; taken band by band, each waited for the
-        // last. In stages, the 32 directory reads (then the 32 entry searches) are independent
-        // and the processor overlaps them.
+        // last. In stages, the 32 directory reads (then the 32 entry searches, then the 32
+        // fresh buckets' heads) are independent and the processor overlaps them.
         let near: [std::ops::Range<usize>; BANDS] =
             std::array::from_fn(|band| self.sorted[band].near(buckets[band]));
         let near_recent: [std::ops::Range<usize>; BANDS] =
@@ -188,14 +188,15 @@ impl LshIndex {
         let recent: [std::ops::Range<usize>; BANDS] = std::array::from_fn(|band| {
             self.recent[band].bucket_in(near_recent[band].clone(), buckets[band])
         });
+        let fresh: [u32; BANDS] = std::array::from_fn(|band| self.fresh[band].head(buckets[band]));
         // One seq per vote, then counted in one sorted pass: boilerplate (holding answers) fills
         // all 32 buckets to the limit, and a map entry per vote was half of this function.
         let mut seqs: Vec<u64> = Vec::with_capacity(BANDS * BUCKET_LIMIT);
-        for (band, bucket) in buckets.iter().enumerate() {
+        for band in 0..BANDS {
             let (sorted, sorted_recent) = (&self.sorted[band], &self.recent[band]);
             let (old, recent) = (old[band].clone(), recent[band].clone());
             let mut latest = [0u32; BUCKET_LIMIT];
-            let new = self.fresh[band].latest(*bucket, &mut latest);
+            let new = self.fresh[band].latest_from(fresh[band], &mut latest);
             // Latest BUCKET_LIMIT of old ++ recent ++ new (each ascending, each newer than the
             // one before).
             let from_new = new.len().min(BUCKET_LIMIT);
@@ -574,10 +575,17 @@ impl Fresh {
         self.links.push((member, previous));
     }
 
-    /// The bucket's latest members (at most BUCKET_LIMIT), ascending, written into `out`.
-    fn latest<'o>(&self, bucket: u32, out: &'o mut [u32; BUCKET_LIMIT]) -> &'o [u32] {
+    /// Where the bucket's chain starts ([`NONE`] for an empty bucket), for [`Fresh::latest_from`]:
+    /// apart, so that a lookup can find the 32 bands' heads before it walks any chain.
+    fn head(&self, bucket: u32) -> u32 {
+        self.heads.get(&bucket).copied().unwrap_or(NONE)
+    }
+
+    /// The latest members (at most BUCKET_LIMIT) of the chain from `head`, ascending, written
+    /// into `out`.
+    fn latest_from<'o>(&self, head: u32, out: &'o mut [u32; BUCKET_LIMIT]) -> &'o [u32] {
         let mut n = 0;
-        let mut at = self.heads.get(&bucket).copied().unwrap_or(NONE);
+        let mut at = head;
         while at != NONE && n < BUCKET_LIMIT {
             let Some(&(member, previous)) = self.links.get(at as usize) else {
                 break;
