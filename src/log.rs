@@ -283,7 +283,16 @@ struct Writer {
     /// Which identities the `I` index may hold (records without a question: flags, alerts'
     /// deliveries, quarantined records).
     identities: KeyFilter,
+    /// The last append's buffers, for the next: an append of a thousand answers builds a
+    /// couple of megabytes of records, and a fresh vector each time grew by doubling, every
+    /// page of it new (faulted in, then handed back to the OS after the append).
+    records: Vec<u8>,
+    scratch: EncodeScratch,
 }
+
+/// The most room of an append's buffers kept for the next: an append of unusually large
+/// events does not leave its room held.
+const RECORDS_KEPT: usize = 8 * 1024 * 1024;
 
 /// Where the log ends: its head, and the end of the last committed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -674,8 +683,9 @@ impl EventLog {
         };
         let head = tail.head;
         let mut next = head + 1;
-        let mut records = Vec::new();
-        let mut scratch = EncodeScratch::default();
+        let mut records = std::mem::take(&mut writing.records);
+        records.clear();
+        let mut scratch = std::mem::take(&mut writing.scratch);
         let mut lens = Vec::new();
         let mut batch = sled::Batch::default();
         let mut report = AppendReport::default();
@@ -770,6 +780,9 @@ impl EventLog {
             report.outcomes.push(Appended::New { seq, kind, revises });
             next += 1;
         }
+        if scratch.json.capacity() + scratch.framed.capacity() <= RECORDS_KEPT {
+            writing.scratch = scratch;
+        }
         // After the loop, which may have built the filter from the tree without this batch's
         // keys; before the batch is applied: should it fail, a false positive, never a miss.
         for identity in identities.keys() {
@@ -816,6 +829,9 @@ impl EventLog {
             if let Some(written) = written {
                 *written = new_envelopes;
             }
+        }
+        if records.capacity() <= RECORDS_KEPT {
+            writing.records = records;
         }
         tracing::debug!(
             appended = report.appended(),
@@ -1714,7 +1730,7 @@ impl QuestionContents {
 /// The buffers an append encodes its events in, one event after another. Fresh vectors an
 /// event (the JSON grown from 128 bytes by doubling, then the frame) were a tenth of the
 /// appending thread's time in a backfill, in reallocation and the page faults of new pages.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct EncodeScratch {
     json: Vec<u8>,
     /// The stored value of the last event encoded.
