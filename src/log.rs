@@ -290,8 +290,8 @@ struct Writer {
     scratch: EncodeScratch,
 }
 
-/// The most room of an append's buffers kept for the next: an append of unusually large
-/// events does not leave its room held.
+/// The most room kept for the next append, for the records and (apart) for the two encode
+/// buffers together: an append of unusually large events does not leave its room held.
 const RECORDS_KEPT: usize = 8 * 1024 * 1024;
 
 /// Where the log ends: its head, and the end of the last committed record.

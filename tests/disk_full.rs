@@ -193,7 +193,7 @@ mount -t tmpfs -o "size=$FULL" answerfeed-disk-full "$D" 2>"$OUT/setup.err" || e
 
 # With the log module's debug lines (the free space it saw before each append), so that a failure
 # shows the figures; `one_line` leaves them out.
-export RUST_LOG=answerfeed::log=debug NO_COLOR=1
+export RUST_LOG=warn,answerfeed::log=debug NO_COLOR=1
 run ingest_full ingest "$IN"
 unset RUST_LOG NO_COLOR
 
